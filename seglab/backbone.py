@@ -1,0 +1,157 @@
+"""ResNet-18/50 with torchvision's parameter names, dilated to output stride 8 ("D8") or plain (stride 32).
+
+``forward`` returns the four stage outputs C2..C5 (strides 4, 8, 16, 32, or 4, 8, 8, 8 with D8).
+"""
+
+import warnings
+
+import torch
+from torch import nn
+
+WEIGHTS = {  # torchvision's ImageNet weights; the hex in the file name is the sha256 prefix check_hash verifies
+    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+}
+
+
+class PretrainedWeightsUnavailable(UserWarning):
+    """ImageNet weights were asked for but could not be loaded; the backbone keeps its random initialisation."""
+
+
+warnings.simplefilter("always", PretrainedWeightsUnavailable)  # never shown only once, never silently
+
+
+def conv_bn(in_channels, out_channels, kernel_size, stride=1, dilation=1):
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, dilation * (kernel_size // 2), dilation, bias=False)
+    return conv, nn.BatchNorm2d(out_channels)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_channels, channels, stride=1, dilation=1):
+        super().__init__()
+        self.conv1, self.bn1 = conv_bn(in_channels, channels, 3, stride, dilation)
+        self.conv2, self.bn2 = conv_bn(channels, channels, 3, 1, dilation)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = shortcut(in_channels, channels * self.expansion, stride)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class Bottleneck(nn.Module):
+    """ResNet v1.5 bottleneck (stride on the 3x3 conv), as torchvision's."""
+
+    expansion = 4
+
+    def __init__(self, in_channels, channels, stride=1, dilation=1):
+        super().__init__()
+        self.conv1, self.bn1 = conv_bn(in_channels, channels, 1)
+        self.conv2, self.bn2 = conv_bn(channels, channels, 3, stride, dilation)
+        self.conv3, self.bn3 = conv_bn(channels, channels * self.expansion, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = shortcut(in_channels, channels * self.expansion, stride)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+def shortcut(in_channels, out_channels, stride):
+    """1x1 projection on the residual path when the shape changes (torchvision's ``downsample``)."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(*conv_bn(in_channels, out_channels, 1, stride))
+
+
+class ResNet(nn.Module):
+    def __init__(self, block, depths, output_stride=8, name="resnet"):
+        super().__init__()
+        if output_stride not in (8, 32):
+            raise ValueError(f"output_stride must be 8 (dilated, 'D8') or 32, got {output_stride}.")
+        self.name, self.output_stride, self.pretrained = name, output_stride, False
+        self.conv1, self.bn1 = conv_bn(3, 64, 7, stride=2)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        # D8 keeps stages 3 and 4 at stride 8 and dilates their 3x3 convs by 2 and 4 instead
+        strides, dilations = ((1, 2, 1, 1), (1, 1, 2, 4)) if output_stride == 8 else ((1, 2, 2, 2), (1, 1, 1, 1))
+        in_channels, self.channels = 64, []
+        for i, (depth, stride, dilation) in enumerate(zip(depths, strides, dilations)):
+            channels = 64 * 2**i
+            blocks = []
+            for j in range(depth):
+                blocks.append(block(in_channels, channels, stride if j == 0 else 1, dilation))
+                in_channels = channels * block.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            self.channels.append(in_channels)
+        self.frozen = False
+
+    def forward(self, x):  # (b, 3, H, W)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (b, 64, H/4, W/4)
+        features = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            features.append(x)
+        return features  # [C2, C3, C4, C5]
+
+    def load_imagenet(self):
+        """Load torchvision's ImageNet weights through torch.hub (honours TORCH_HOME). Returns True on success;
+        on failure it warns loudly and keeps the random initialisation."""
+        url = WEIGHTS[self.name]
+        try:
+            state = torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True, weights_only=True)
+        except Exception as error:  # offline, blocked, or a corrupt/mismatched file
+            reason = "the file's sha256 does not match its name" if "hash" in str(error).lower() else str(error)
+            message = (f"ImageNet weights for {self.name} could not be loaded from {url} ({reason}). "
+                       "Continuing from RANDOM initialisation: numbers from this run are trained from scratch.")
+            warnings.warn(message, PretrainedWeightsUnavailable, stacklevel=2)
+            self.pretrained = False
+            return False
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the classifier is not used
+        self.load_state_dict(state, strict=True)
+        self.pretrained = True
+        return True
+
+    def freeze(self):
+        """Stop training the backbone: no gradients, and BatchNorm kept in eval mode (frozen statistics)."""
+        self.frozen = True
+        self.requires_grad_(False)
+        return self.train(self.training)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.frozen:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+
+def resnet18(output_stride=8, pretrained=False, frozen=False):
+    return build(BasicBlock, (2, 2, 2, 2), "resnet18", output_stride, pretrained, frozen)
+
+
+def resnet50(output_stride=8, pretrained=False, frozen=False):
+    return build(Bottleneck, (3, 4, 6, 3), "resnet50", output_stride, pretrained, frozen)
+
+
+def build(block, depths, name, output_stride, pretrained, frozen):
+    net = ResNet(block, depths, output_stride, name)
+    if pretrained:
+        net.load_imagenet()
+    if frozen:
+        net.freeze()
+    return net
+
+
+def create(name, output_stride=8, pretrained=False, frozen=False):
+    """Backbone by name: ``"resnet18"`` or ``"resnet50"``."""
+    builders = {"resnet18": resnet18, "resnet50": resnet50}
+    if name not in builders:
+        raise ValueError(f"Unknown backbone {name!r}; choose one of {sorted(builders)}.")
+    return builders[name](output_stride, pretrained, frozen)

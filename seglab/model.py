@@ -1,0 +1,43 @@
+"""The segmentor: backbone -> decode head (-> optional auxiliary head), logits resized to the image."""
+
+import torch.nn.functional as F
+from torch import nn
+
+from seglab.blocks import resize
+from seglab.voc import IGNORE
+
+
+def seg_loss(logits, masks):
+    """Pixel-wise cross-entropy; void pixels (255) contribute nothing."""
+    return F.cross_entropy(logits, masks, ignore_index=IGNORE)
+
+
+class Segmentor(nn.Module):
+    """``forward(images)`` gives logits (b, classes, H, W) at the image size.
+
+    Heads follow one contract: they take the backbone's list of feature maps [C2, C3, C4, C5] and return logits
+    at their own resolution; resizing to the image happens here, once."""
+
+    def __init__(self, backbone, head, aux_head=None, aux_weight=0.4):
+        super().__init__()
+        self.backbone, self.head, self.aux_head, self.aux_weight = backbone, head, aux_head, aux_weight
+
+    def forward(self, images):  # (b, 3, H, W)
+        return resize(self.head(self.backbone(images)), images.shape[-2:])
+
+    def loss(self, images, masks):
+        """Training loss: the head's cross-entropy plus ``aux_weight`` times the auxiliary head's."""
+        features = self.backbone(images)
+        size = images.shape[-2:]
+        loss = seg_loss(resize(self.head(features), size), masks)
+        if self.aux_head is not None:
+            loss = loss + self.aux_weight * seg_loss(resize(self.aux_head(features), size), masks)
+        return loss
+
+
+def auxiliary_head(backbone, num_classes):
+    """The FCN auxiliary head of mmsegmentation's configs: one 3x3 conv on C4 (256 channels at ResNet-50 width)."""
+    from seglab.heads.fcn import FCNHead
+    in_channels = backbone.channels[2]
+    return FCNHead(in_channels=in_channels, channels=in_channels // 4, num_classes=num_classes, num_convs=1,
+                   concat_input=False, in_index=2)

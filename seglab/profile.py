@@ -1,0 +1,158 @@
+"""Measuring a head: parameters, FLOPs (fvcore), activation memory and latency, at one standard setting.
+
+Convention: **1 FLOP = 1 multiply-add**, as fvcore and the mmsegmentation model zoo count. fvcore's default
+handles count convolutions, matrix products, norms and resizes; here handles are added for attention
+(``aten::scaled_dot_product_attention``) and softmax. Every op still uncounted is reported, never hidden.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from fvcore.nn import FlopCountAnalysis, parameter_count
+from fvcore.nn.jit_handles import get_shape
+from torch.utils import benchmark
+
+# ResNet-50-D8 features of one 512x512 image: C2..C5. With 21 VOC classes, the setting of every chapter.
+STANDARD_SHAPES = ((1, 256, 128, 128), (1, 512, 64, 64), (1, 1024, 64, 64), (1, 2048, 64, 64))
+STANDARD_CLASSES = 21
+
+
+def standard_features(device="cpu", shapes=STANDARD_SHAPES, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=generator).to(device) for s in shapes]
+
+
+def sdpa_flop(inputs, outputs):
+    """softmax(q k^T) v: (b, h, L, d) x (b, h, S, d) -> L*S*d multiply-adds for q k^T and L*S*dv for the product."""
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    *batch, length, dim = q
+    source, value_dim = k[-2], v[-1]
+    return math.prod(batch) * length * source * (dim + value_dim)
+
+
+def softmax_flop(inputs, outputs):
+    """One FLOP per element (the exp; the sum and the division are folded in, as for other elementwise ops)."""
+    return math.prod(get_shape(inputs[0]))
+
+
+EXTRA_HANDLES = {
+    "aten::scaled_dot_product_attention": sdpa_flop,
+    "aten::softmax": softmax_flop,
+    "aten::_softmax": softmax_flop,
+    "aten::feature_dropout": None,  # dropout is the identity at inference: no FLOPs
+    "aten::dropout": None,
+}
+# Elementwise ops whose cost is negligible beside the convolutions; named, not silently dropped.
+ELEMENTWISE = ("aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::div", "aten::sub", "aten::sigmoid",
+               "aten::tanh", "aten::neg", "aten::exp", "aten::sum", "aten::mean")
+
+
+def count_parameters(module):
+    return int(parameter_count(module)[""])
+
+
+def count_flops(module, inputs):
+    """(total multiply-adds, by operator, uncounted operators with their call counts) for ``module(*inputs)``."""
+    analysis = FlopCountAnalysis(module, inputs).set_op_handle(**EXTRA_HANDLES)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    total = int(analysis.total())
+    return total, {k: int(v) for k, v in analysis.by_operator().items()}, dict(analysis.unsupported_ops())
+
+
+def activation_bytes(module, inputs):
+    """Bytes of the tensors autograd saves for backward during one training-mode forward pass.
+
+    Device-independent: tensors are deduplicated by storage, and parameters and the inputs themselves are left
+    out, so the number is the memory the module's own activations hold until backward."""
+    skip = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    skip |= {t.untyped_storage().data_ptr() for t in _tensors(inputs)}
+    seen = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    was_training = module.training
+    module.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(*inputs)
+    module.train(was_training)
+    del out
+    return sum(seen.values())
+
+
+def _tensors(inputs):
+    for x in inputs:
+        if isinstance(x, torch.Tensor):
+            yield x
+        elif isinstance(x, (list, tuple)):
+            yield from _tensors(x)
+
+
+def cuda_peak_bytes(module, inputs):
+    """Peak CUDA memory of one forward+backward above what was allocated before (CUDA only)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    module.train()
+    out = module(*inputs)
+    out.float().sum().backward()
+    module.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - start
+
+
+def latency_ms(module, inputs, repeats=10):
+    """Median wall time of an inference forward pass, in milliseconds, with torch.utils.benchmark."""
+    module.eval()
+    with torch.no_grad():
+        module(*inputs)  # warm-up
+        timer = benchmark.Timer(stmt="module(*inputs)", globals={"module": module, "inputs": inputs},
+                                num_threads=torch.get_num_threads())
+        measurement = timer.timeit(repeats)
+    return measurement.median * 1e3
+
+
+@dataclass
+class Profile:
+    params: int
+    flops: int
+    activation_bytes: int
+    latency_ms: float
+    device: str
+    uncounted: dict = field(default_factory=dict)
+    flops_by_op: dict = field(default_factory=dict)
+    cuda_peak_bytes: int | None = None
+
+    def as_dict(self):
+        return asdict(self)
+
+    def __str__(self):
+        lines = [f"parameters       {self.params:,}",
+                 f"FLOPs (MACs)     {self.flops / 1e9:.2f} G",
+                 f"activations      {self.activation_bytes / 2**20:.1f} MiB saved for backward",
+                 f"latency          {self.latency_ms:.1f} ms on {self.device}"]
+        if self.cuda_peak_bytes is not None:
+            lines.append(f"CUDA peak        {self.cuda_peak_bytes / 2**20:.1f} MiB forward+backward")
+        lines.append("uncounted ops    " + (", ".join(f"{k} x{v}" for k, v in sorted(self.uncounted.items()))
+                                          or "none"))
+        return "\n".join(lines)
+
+
+def profile(module, inputs, device="cpu", repeats=10):
+    """Profile ``module(*inputs)``: parameters, FLOPs, activation memory and latency on ``device``."""
+    module = module.to(device)
+    inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else [t.to(device) for t in x] for x in inputs)
+    flops, by_op, uncounted = count_flops(module.eval(), inputs)
+    peak = cuda_peak_bytes(module, inputs) if str(device).startswith("cuda") else None
+    return Profile(params=count_parameters(module), flops=flops, activation_bytes=activation_bytes(module, inputs),
+                   latency_ms=latency_ms(module, inputs, repeats), device=str(device), uncounted=uncounted,
+                   flops_by_op=by_op, cuda_peak_bytes=peak)
+
+
+def profile_head(head, device="cpu", repeats=10):
+    """Profile a decode head at the standard setting: ResNet-50-D8 features of a 512x512 image, 21 classes."""
+    return profile(head, (standard_features(device),), device, repeats)

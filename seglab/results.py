@@ -1,0 +1,71 @@
+"""Results records: one small JSON file per chapter run, read back by the comparison tables.
+
+Records go to ``$SEGLAB_RESULTS``, else ``book/results`` of the checkout the notebook runs in, else
+``./seglab_results``. A record holds what is needed to compare and to rerun: the head and its configuration,
+profile, mIoU, mode (crop, iterations, batch, seed), device, whether ImageNet weights were used, and the code
+version."""
+
+import json
+import os
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import seglab
+
+
+def results_dir():
+    if os.environ.get("SEGLAB_RESULTS"):
+        return Path(os.environ["SEGLAB_RESULTS"])
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / "_toc.yml").is_file() and (folder / "book").is_dir():
+            return folder / "book" / "results"
+    return Path("seglab_results")
+
+
+def code_version():
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(seglab.__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"seglab {seglab.__version__}" + (f" @ {commit}" if commit else "")
+
+
+def save(record, name=None):
+    """Write ``record`` as ``<head>.<mode>.json``; returns the path."""
+    folder = results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {**record, "version": code_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    path = folder / f"{name or record['head']}.{record['mode']['name']}.json"
+    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def load_all(mode=None):
+    """Every record in the results folder (optionally of one mode), ordered by chapter."""
+    records = [json.loads(p.read_text()) for p in sorted(results_dir().glob("*.json"))]
+    records = [r for r in records if mode is None or r["mode"]["name"] == mode]
+    return sorted(records, key=lambda r: (r.get("chapter", 99), r["head"]))
+
+
+def record(head, chapter, config, profile, metrics, mode, pretrained, history, seed):
+    """Assemble a record from what a chapter measured."""
+    return {"head": head, "chapter": chapter, "config": config, "profile": profile.as_dict(),
+            "miou": metrics["miou"], "pixel_acc": metrics["pixel_acc"], "iou": metrics["iou"],
+            "val_images": metrics["images"], "mode": mode.as_dict(), "device": mode.device,
+            "pretrained": bool(pretrained), "seed": seed,
+            "train_seconds": history["time"][-1], "final_loss": history["loss"][-1]}
+
+
+def comparison_table(records):
+    """Rows for a comparison: params (M), GFLOPs, activation MiB, latency (ms and device), mIoU, mode."""
+    rows = []
+    for r in records:
+        p = r["profile"]
+        rows.append({"head": r["head"], "params (M)": round(p["params"] / 1e6, 2),
+                     "GFLOPs": round(p["flops"] / 1e9, 1), "activations (MiB)": round(p["activation_bytes"] / 2**20),
+                     f"latency (ms)": round(p["latency_ms"], 1), "latency device": p["device"],
+                     "mIoU (%)": round(100 * r["miou"], 1), "mode": r["mode"]["name"],
+                     "pretrained": r["pretrained"]})
+    return rows

@@ -1,0 +1,131 @@
+import hashlib
+import warnings
+
+import pytest
+import torch
+
+from seglab import backbone as bb
+
+
+def torchvision_resnet_keys(depths, bottleneck):
+    """Parameter and buffer names of torchvision's resnet18/resnet50 without ``fc``, written out independently."""
+    keys = ["conv1.weight"] + [f"bn1.{s}" for s in ("weight", "bias", "running_mean", "running_var",
+                                                    "num_batches_tracked")]
+    convs = 3 if bottleneck else 2
+    for stage, depth in enumerate(depths, start=1):
+        for block in range(depth):
+            prefix = f"layer{stage}.{block}"
+            for c in range(1, convs + 1):
+                keys.append(f"{prefix}.conv{c}.weight")
+                keys += [f"{prefix}.bn{c}.{s}" for s in ("weight", "bias", "running_mean", "running_var",
+                                                         "num_batches_tracked")]
+            if block == 0 and (bottleneck or stage > 1):
+                keys.append(f"{prefix}.downsample.0.weight")
+                keys += [f"{prefix}.downsample.1.{s}" for s in ("weight", "bias", "running_mean", "running_var",
+                                                                "num_batches_tracked")]
+    return keys
+
+
+@pytest.mark.parametrize("name,depths,bottleneck,params", [
+    ("resnet18", (2, 2, 2, 2), False, 11_689_512 - 512 * 1000 - 1000),  # torchvision's count minus fc
+    ("resnet50", (3, 4, 6, 3), True, 25_557_032 - 2048 * 1000 - 1000),
+])
+def test_state_dict_matches_torchvision_naming_and_size(name, depths, bottleneck, params):
+    for stride in (8, 32):
+        net = bb.create(name, output_stride=stride)
+        assert list(net.state_dict()) == torchvision_resnet_keys(depths, bottleneck)
+        assert sum(p.numel() for p in net.parameters()) == params
+    sd = bb.create(name).state_dict()
+    assert sd["conv1.weight"].shape == (64, 3, 7, 7)
+    if bottleneck:
+        assert sd["layer4.0.conv2.weight"].shape == (512, 512, 3, 3)
+        assert sd["layer4.0.downsample.0.weight"].shape == (2048, 1024, 1, 1)
+        assert sd["layer4.2.conv3.weight"].shape == (2048, 512, 1, 1)
+    else:
+        assert sd["layer4.0.downsample.0.weight"].shape == (512, 256, 1, 1)
+
+
+@pytest.mark.parametrize("name,channels", [("resnet18", (64, 128, 256, 512)), ("resnet50", (256, 512, 1024, 2048))])
+def test_feature_shapes_at_output_stride_8_and_32(name, channels):
+    x = torch.zeros(1, 3, 64, 96)
+    for stride, sizes in ((8, [(16, 24), (8, 12), (8, 12), (8, 12)]), (32, [(16, 24), (8, 12), (4, 6), (2, 3)])):
+        net = bb.create(name, output_stride=stride).eval()
+        with torch.no_grad():
+            features = net(x)
+        assert [tuple(f.shape) for f in features] == [(1, c, *s) for c, s in zip(channels, sizes)]
+        assert tuple(net.channels) == channels
+
+
+def test_dilation_is_used_at_output_stride_8():
+    net = bb.create("resnet50", output_stride=8)
+    assert net.layer3[0].conv2.dilation == (2, 2) and net.layer4[1].conv2.dilation == (4, 4)
+    assert net.layer4[0].conv2.stride == (1, 1)
+    with pytest.raises(ValueError, match="output_stride must be 8"):
+        bb.create("resnet18", output_stride=16)
+
+
+def write_weights(tmp_path, name):
+    """A state dict named like torchvision's (sha256 prefix in the name), with an fc to be dropped."""
+    state = bb.create(name).state_dict()
+    state = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in state.items()}
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
+    raw = tmp_path / "raw.pth"
+    torch.save(state, raw)
+    digest = hashlib.sha256(raw.read_bytes()).hexdigest()
+    good = tmp_path / "srv" / f"{name}-{digest[:8]}.pth"
+    good.parent.mkdir()
+    raw.rename(good)
+    return good
+
+
+def test_pretrained_loads_through_torch_hub_into_torch_home(tmp_path, monkeypatch):
+    path = write_weights(tmp_path, "resnet18")
+    monkeypatch.setitem(bb.WEIGHTS, "resnet18", path.as_uri())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    net = bb.resnet18(pretrained=True)
+    assert net.pretrained is True
+    assert torch.all(net.layer4[1].bn2.weight == 0.5)
+    assert (tmp_path / "home" / "hub" / "checkpoints" / path.name).is_file()
+
+
+def test_hash_mismatch_is_reported_and_falls_back(tmp_path, monkeypatch):
+    path = write_weights(tmp_path, "resnet18")
+    wrong = path.with_name("resnet18-00000000.pth")
+    path.rename(wrong)
+    monkeypatch.setitem(bb.WEIGHTS, "resnet18", wrong.as_uri())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    with pytest.warns(bb.PretrainedWeightsUnavailable, match="sha256 does not match.*RANDOM initialisation"):
+        net = bb.resnet18(pretrained=True)
+    assert net.pretrained is False
+
+
+def test_offline_fallback_is_visible(tmp_path, monkeypatch):
+    monkeypatch.setitem(bb.WEIGHTS, "resnet18", (tmp_path / "absent-12345678.pth").as_uri())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    with pytest.warns(bb.PretrainedWeightsUnavailable, match="could not be loaded"):
+        net = bb.resnet18(pretrained=True)
+    assert net.pretrained is False
+
+
+def test_weights_are_loaded_with_weights_only(tmp_path, monkeypatch):
+    calls = {}
+
+    def fake(url, **kwargs):
+        calls.update(kwargs)
+        raise OSError("offline")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bb.resnet18(pretrained=True)
+    assert calls["weights_only"] is True and calls["check_hash"] is True
+
+
+def test_frozen_backbone_has_no_gradients_and_keeps_bn_in_eval():
+    net = bb.resnet18(frozen=True)
+    net.train()
+    assert not any(p.requires_grad for p in net.parameters())
+    assert all(not m.training for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = net.bn1.running_mean.clone()
+    net(torch.randn(2, 3, 32, 32))
+    assert torch.equal(before, net.bn1.running_mean)

@@ -1,0 +1,101 @@
+import dataclasses
+
+import pytest
+import torch
+
+from seglab import mode as modes
+from seglab.backbone import resnet18
+from seglab.heads.fcn import FCNHead
+from seglab.model import Segmentor, auxiliary_head, seg_loss
+from seglab.train import evaluate, poly_lr, predict, seed_everything, train
+from seglab.voc import load_split
+
+
+def tiny_mode(**changes):
+    return dataclasses.replace(modes.quick("cpu"), image_size=32, crop=24, batch=2, iters=3, val_images=None,
+                               eval_batch=2, **changes)
+
+
+def tiny_model(seed=0):
+    seed_everything(seed)
+    backbone = resnet18()
+    return Segmentor(backbone, FCNHead(512, 16, 21), auxiliary_head(backbone, 21))
+
+
+def test_segmentor_returns_logits_at_image_size_and_aux_loss_counts():
+    model = tiny_model()
+    x, masks = torch.randn(2, 3, 40, 56), torch.randint(0, 21, (2, 40, 56))
+    assert model(x).shape == (2, 21, 40, 56)
+    with_aux = model.loss(x, masks)
+    model.aux_head = None
+    assert not torch.isclose(with_aux, model.loss(x, masks))
+
+
+def test_loss_ignores_void():
+    logits = torch.randn(1, 3, 2, 2)
+    masks = torch.tensor([[[0, 1], [255, 255]]])
+    expected = torch.nn.functional.cross_entropy(logits.flatten(2)[..., :2], masks.flatten(1)[:, :2])
+    assert torch.isclose(seg_loss(logits, masks), expected)
+
+
+def test_poly_schedule():
+    assert poly_lr(0.01, 0, 100) == pytest.approx(0.01)
+    assert poly_lr(0.01, 100, 100) == pytest.approx(1e-4)
+    assert poly_lr(0.01, 10, 100) > poly_lr(0.01, 50, 100)
+
+
+def test_train_history_evaluate_and_predict(devkit):
+    mode = tiny_mode()
+    train_split, val_split = load_split("train", 32, progress=False), load_split("val", 32, progress=False)
+    model = tiny_model()
+    history = train(model, train_split, mode, progress=False)
+    assert set(history) == {"loss", "lr", "time", "images_per_s"} and len(history["loss"]) == 3
+    assert history["lr"][0] > history["lr"][-1] and all(t > 0 for t in history["time"])
+    metrics = evaluate(model, val_split, mode, progress=False)
+    assert 0 <= metrics["miou"] <= 1 and metrics["images"] == 4 and len(metrics["iou"]) == 21
+    image = val_split[0][0]
+    assert predict(model, image).shape == image.shape[1:]
+
+
+def test_same_seed_same_metrics(devkit):
+    mode = tiny_mode()
+    train_split, val_split = load_split("train", 32, progress=False), load_split("val", 32, progress=False)
+    runs = []
+    for _ in range(2):
+        model = tiny_model(seed=1)
+        history = train(model, train_split, mode, seed=1, progress=False)
+        runs.append((history["loss"], evaluate(model, val_split, mode, progress=False)["iou"]))
+    assert runs[0][0] == runs[1][0]  # losses, bit for bit
+    torch.testing.assert_close(torch.tensor(runs[0][1]), torch.tensor(runs[1][1]), rtol=0, atol=0, equal_nan=True)
+
+
+def test_nan_loss_stops_training_with_the_iteration(devkit):
+    mode = tiny_mode(lr=1e30)
+    split = load_split("train", 32, progress=False)
+    with pytest.raises(FloatingPointError, match=r"at iteration \d+ of 3"):
+        train(tiny_model(), split, dataclasses.replace(mode, iters=3), progress=False)
+
+
+def test_out_of_memory_names_batch_and_crop(devkit, monkeypatch):
+    model = tiny_model()
+
+    def boom(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(model, "loss", boom)
+    with pytest.raises(torch.OutOfMemoryError, match="batch 2 and crop 24x24.*Lower the batch size or the crop"):
+        train(model, load_split("train", 32, progress=False), tiny_mode(), progress=False)
+
+
+def test_mode_selection(monkeypatch):
+    monkeypatch.setenv("SEGLAB_MODE", "quick")
+    assert modes.current().name == "quick"
+    monkeypatch.setenv("SEGLAB_MODE", "fast")
+    with pytest.raises(ValueError, match="not a mode"):
+        modes.current()
+    monkeypatch.setenv("SEGLAB_MODE", "brief")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        modes.current()
+    monkeypatch.delenv("SEGLAB_MODE")
+    assert modes.current().name == "quick" and modes.quick().channels(512) == 128

@@ -14,7 +14,7 @@ cp book/results/*.json "$SEGLAB_RESULTS"/ 2>/dev/null || true
 python -m pytest tests -q
 for notebook in chapters/*.ipynb; do  # one at a time, to report the seconds each chapter takes
   start=$(date +%s)
-  python -m pytest --nbval-lax "$notebook" -q -p no:cacheprovider
+  python -m pytest --nbval-lax --nbval-cell-timeout=600 "$notebook" -q -p no:cacheprovider
   echo "nbval: $notebook took $(( $(date +%s) - start )) s"
 done
 jupyter-book build . --warningiserror --keep-going --quiet

@@ -85,7 +85,7 @@ def evaluate(model, split, mode, num_classes=21, progress=True):
     for images, masks in tqdm(batches, total=math.ceil(n / mode.eval_batch), desc="evaluating",
                               disable=not progress, leave=False):
         with torch.autocast("cuda", dtype=torch.float16, enabled=mode.device.startswith("cuda")):
-            pred = model(images).argmax(1)
+            pred = model(images).max(1).indices  # max().indices: much faster than argmax on CPU
         confusion += confusion_matrix(pred, masks, num_classes)
     return {**scores(confusion), "images": n}
 
@@ -95,4 +95,4 @@ def predict(model, image, device=None):
     """Class map (H, W) for one uint8 image (3, H, W)."""
     device = device or next(model.parameters()).device
     model.eval()
-    return model(normalize(image[None].to(device)))[0].argmax(0).cpu()
+    return model(normalize(image[None].to(device)))[0].max(0).indices.cpu()

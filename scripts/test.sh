@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: unit tests, every chapter under nbval (quick mode, no network), and the book build.
+# The test command: unit tests, every chapter under nbval (quick mode, no network), the book build with Sphinx
+# warnings as errors, and the built site in headless Chromium.
 # Data: SEGLAB_DATA defaults to ../shared/data/VOCdevkit beside the checkout (the CI layout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,10 +12,11 @@ export MPLBACKEND=Agg
 export SEGLAB_RESULTS="$(mktemp -d)"
 cp book/results/*.json "$SEGLAB_RESULTS"/ 2>/dev/null || true
 
-python -m pytest tests -q
+python -m pytest tests --ignore=tests/site -q -p no:cacheprovider
 for notebook in chapters/*.ipynb; do  # one at a time, to report the seconds each chapter takes
   start=$(date +%s)
   python -m pytest --nbval-lax --nbval-cell-timeout=600 "$notebook" -q -p no:cacheprovider
   echo "nbval: $notebook took $(( $(date +%s) - start )) s"
 done
-jupyter-book build . --warningiserror --keep-going --quiet
+bash scripts/build_book.sh
+python -m pytest tests/site -q -p no:cacheprovider

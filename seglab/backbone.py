@@ -70,7 +70,7 @@ def shortcut(in_channels, out_channels, stride):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block, depths, output_stride=8, name="resnet"):
+    def __init__(self, block, depths, output_stride=8, name="resnet", multi_grid=None):
         super().__init__()
         if output_stride not in (8, 32):
             raise ValueError(f"output_stride must be 8 (dilated, 'D8') or 32, got {output_stride}.")
@@ -84,8 +84,11 @@ class ResNet(nn.Module):
         for i, (depth, stride, dilation) in enumerate(zip(depths, strides, dilations)):
             channels = 64 * 2**i
             blocks = []
+            grid = multi_grid if (i == 3 and multi_grid) else (1,) * depth  # DeepLabV3's multi-grid, last stage
+            if len(grid) != depth:
+                raise ValueError(f"multi_grid needs one rate per block of the last stage ({depth}), got {grid}.")
             for j in range(depth):
-                blocks.append(block(in_channels, channels, stride if j == 0 else 1, dilation))
+                blocks.append(block(in_channels, channels, stride if j == 0 else 1, dilation * grid[j]))
                 in_channels = channels * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             self.channels.append(in_channels)
@@ -132,16 +135,17 @@ class ResNet(nn.Module):
         return self
 
 
-def resnet18(output_stride=8, pretrained=False, frozen=False):
-    return build(BasicBlock, (2, 2, 2, 2), "resnet18", output_stride, pretrained, frozen)
+def resnet18(output_stride=8, pretrained=False, frozen=False, multi_grid=None):
+    return build(BasicBlock, (2, 2, 2, 2), "resnet18", output_stride, pretrained, frozen, multi_grid)
 
 
-def resnet50(output_stride=8, pretrained=False, frozen=False):
-    return build(Bottleneck, (3, 4, 6, 3), "resnet50", output_stride, pretrained, frozen)
+def resnet50(output_stride=8, pretrained=False, frozen=False, multi_grid=None):
+    return build(Bottleneck, (3, 4, 6, 3), "resnet50", output_stride, pretrained, frozen, multi_grid)
 
 
-def build(block, depths, name, output_stride, pretrained, frozen):
-    net = ResNet(block, depths, output_stride, name)
+def build(block, depths, name, output_stride, pretrained, frozen, multi_grid=None):
+    """``multi_grid`` (e.g. (1, 2, 4) for ResNet-50) multiplies the dilation of each block of the last stage."""
+    net = ResNet(block, depths, output_stride, name, multi_grid)
     if pretrained:
         net.load_imagenet()
     if frozen:
@@ -149,9 +153,9 @@ def build(block, depths, name, output_stride, pretrained, frozen):
     return net
 
 
-def create(name, output_stride=8, pretrained=False, frozen=False):
+def create(name, output_stride=8, pretrained=False, frozen=False, multi_grid=None):
     """Backbone by name: ``"resnet18"`` or ``"resnet50"``."""
     builders = {"resnet18": resnet18, "resnet50": resnet50}
     if name not in builders:
         raise ValueError(f"Unknown backbone {name!r}; choose one of {sorted(builders)}.")
-    return builders[name](output_stride, pretrained, frozen)
+    return builders[name](output_stride, pretrained, frozen, multi_grid)

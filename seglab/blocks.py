@@ -41,18 +41,51 @@ def resize(x, size):
 
 # --- the three input transforms: a list of feature maps in, what the head decodes out ---
 
-def one_level(features, index=-1):
-    """One level: the head sees a single feature map, e.g. C5."""
-    return features[index]
+def check_features(features):
+    """Refuse, with a message that says what is wrong, anything but a non-empty list of 4D maps of one batch."""
+    if not isinstance(features, (list, tuple)):
+        raise TypeError(f"A head takes the backbone's list of feature maps [C2, C3, C4, C5], got a "
+                        f"{type(features).__name__}{' of shape ' + str(tuple(features.shape)) if torch.is_tensor(features) else ''}; "
+                        "wrap a single map in a list.")
+    if len(features) == 0:
+        raise ValueError("A head was given an empty list of feature maps; expected [C2, C3, C4, C5].")
+    for i, f in enumerate(features):
+        if not torch.is_tensor(f) or f.dim() != 4:
+            shape = tuple(f.shape) if torch.is_tensor(f) else type(f).__name__
+            raise ValueError(f"Feature level {i} is {shape}; every level must be 4D (batch, channels, height, width).")
+    batches = [int(f.shape[0]) for f in features]  # int(): under jit tracing (fvcore) sizes are tensors
+    if len(set(batches)) > 1:
+        raise ValueError(f"The feature levels disagree on the batch size: {batches}; they must come from one batch.")
+    return features
 
 
-def resize_concat(features, indices=(0, 1, 2, 3)):
+def _level(features, index, channels=None):
+    n = len(features)
+    if not -n <= index < n:
+        raise IndexError(f"The head reads feature level {index}, but it was given {n} level(s); expected the "
+                         "backbone's four levels [C2, C3, C4, C5].")
+    x = features[index]
+    if channels is not None and int(x.shape[1]) != channels:
+        raise ValueError(f"Feature level {index % n} has {x.shape[1]} channels, but the head was built for "
+                         f"{channels} (its in_channels); build it with in_channels={x.shape[1]} or feed the matching "
+                         "backbone.")
+    return x
+
+
+def one_level(features, index=-1, channels=None):
+    """One level: the head sees a single feature map, e.g. C5. ``channels`` checks its width."""
+    return _level(check_features(features), index, channels)
+
+
+def resize_concat(features, indices=(0, 1, 2, 3), channels=None):
     """Resize-and-concat: upsample the chosen levels to the first one's size and stack their channels."""
-    chosen = [features[i] for i in indices]
+    chosen = select(features, indices, channels)
     size = chosen[0].shape[-2:]
     return torch.cat([chosen[0]] + [resize(f, size) for f in chosen[1:]], dim=1)  # (b, sum c, h, w)
 
 
-def select(features, indices=(0, 1, 2, 3)):
+def select(features, indices=(0, 1, 2, 3), channels=None):
     """Select several: the head gets a list of levels and fuses them itself (FPN, UPerNet)."""
-    return [features[i] for i in indices]
+    check_features(features)
+    channels = [None] * len(indices) if channels is None else list(channels)
+    return [_level(features, i, c) for i, c in zip(indices, channels)]

@@ -112,9 +112,9 @@ def safe_extract(tar_path, dest):
     return dest
 
 
-def fetch_voc(cache, urls=VOC_MIRRORS, md5=VOC_MD5):
+def fetch_voc(cache, urls=None, md5=VOC_MD5):
     """Download and extract VOC 2012's segmentation part into ``cache/VOCdevkit``; returns that folder."""
-    cache = Path(cache)
+    cache, urls = Path(cache), urls or VOC_MIRRORS
     tar_path = cache / VOC_TAR
     print(f"PASCAL VOC 2012 not found locally; downloading it (about 2 GB) into {cache}.")
     try:

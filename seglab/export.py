@@ -33,7 +33,20 @@ def setup_cell_source():
         "\n"
         "IN_COLAB = \"google.colab\" in sys.modules\n"
         "if IN_COLAB:\n"
-        f"    %pip install -q \"seglab @ git+{url}@{branch}\"\n")
+        f"    %pip install -q \"seglab @ git+{url}@{branch}\"\n"
+        "\n"
+        "import torch\n"
+        "\n"
+        "print(\"GPU:\", torch.cuda.get_device_name(0) if torch.cuda.is_available() else\n"
+        "      \"none (chapters run in quick mode; in Colab: Runtime > Change runtime type > T4 GPU)\")")
+
+
+SETUP_TAGS = ["remove-cell"]  # it runs first in Colab and CI; the online book starts with the chapter's title
+
+
+def setup_cell_ok(nb):
+    return bool(nb.cells) and nb.cells[0].source == setup_cell_source() and \
+        nb.cells[0].metadata.get("tags") == SETUP_TAGS
 
 
 def notebooks(root=ROOT):
@@ -69,7 +82,7 @@ def drift(root=ROOT):
         problems.append(f"{stale.relative_to(root)} is generated but no notebook exports it any more")
     for path in notebooks(root):
         nb = nbformat.read(path, as_version=4)
-        if not nb.cells or nb.cells[0].source != setup_cell_source():
+        if not setup_cell_ok(nb):
             problems.append(f"{path.relative_to(root)}: the first cell is not the current setup cell")
     return problems
 
@@ -81,8 +94,9 @@ def write(root=ROOT):
         print("wrote", target.relative_to(root))
     for path in notebooks(root):
         nb = nbformat.read(path, as_version=4)
-        if nb.cells and nb.cells[0].source != setup_cell_source():
+        if nb.cells and not setup_cell_ok(nb):
             nb.cells[0].source = setup_cell_source()
+            nb.cells[0].metadata["tags"] = SETUP_TAGS
             nbformat.write(nb, path)
             print("refreshed the setup cell of", path.relative_to(root))
 

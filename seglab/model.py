@@ -23,11 +23,24 @@ class Segmentor(nn.Module):
         self.backbone, self.head, self.aux_head, self.aux_weight = backbone, head, aux_head, aux_weight
 
     def forward(self, images):  # (b, 3, H, W)
-        return resize(self.head(self.backbone(images)), images.shape[-2:])
+        return resize(self.head(self.backbone(self.check(images))), images.shape[-2:])
+
+    def check(self, images):
+        """Refuse inputs the backbone cannot take, saying what was expected."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"Images must be (batch, 3, height, width), got {tuple(images.shape)}.")
+        stride = getattr(self.backbone, "output_stride", 1)
+        if min(images.shape[-2:]) < stride:
+            raise ValueError(f"The image is {tuple(images.shape[-2:])} pixels, smaller than the backbone's output "
+                             f"stride {stride}: it would vanish before the head. Use images of at least "
+                             f"{stride}x{stride} (in practice much larger).")
+        return images
 
     def loss(self, images, masks):
         """Training loss: the head's cross-entropy plus ``aux_weight`` times the auxiliary head's."""
-        features = self.backbone(images)
+        if masks.shape[-2:] != images.shape[-2:] or masks.shape[0] != images.shape[0]:
+            raise ValueError(f"Masks {tuple(masks.shape)} do not match images {tuple(images.shape)}.")
+        features = self.backbone(self.check(images))
         size = images.shape[-2:]
         loss = seg_loss(resize(self.head(features), size), masks)
         if self.aux_head is not None:

@@ -81,3 +81,46 @@ def prediction_browser(model, split, count=None, device="cpu"):
 
     slider = widgets.IntSlider(min=0, max=count - 1, value=0, description="image", continuous_update=False)
     return widgets.interactive(show, index=slider)
+
+
+def plot_comparison(table, columns=("params (M)", "GFLOPs", "activations (MiB)", "mIoU (%)"), title=None):
+    """Horizontal bars, one panel per column of a ``results.comparison_frame`` table; the last head is highlighted."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 0.45 * len(table) + 1.4), sharey=True)
+    colors = ["C7"] * (len(table) - 1) + ["C3"]
+    for ax, column in zip(axes, columns):
+        ax.barh(table.index, table[column], color=colors)
+        ax.set_xlabel(column)
+        for y, value in enumerate(table[column]):
+            ax.annotate(f"{value:g}", (value, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+        ax.margins(x=0.25)
+    axes[0].invert_yaxis()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def sortable_table(frame, caption=""):
+    """An HTML table whose columns sort on click, self-contained (inline script), so it sorts in the static book."""
+    import html
+    import uuid
+
+    from IPython.display import HTML
+    table_id = f"sortable-{uuid.uuid4().hex[:8]}"
+    head = "".join(f"<th style='cursor:pointer' title='click to sort'>{html.escape(str(c))} &#x2195;</th>"
+                   for c in [frame.index.name or ""] + list(frame.columns))
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in [index, *row]) + "</tr>"
+                   for index, row in zip(frame.index, frame.itertuples(index=False)))
+    script = f"""<script>(function() {{
+  const table = document.getElementById("{table_id}");
+  table.querySelectorAll("th").forEach((th, col) => th.addEventListener("click", () => {{
+    const body = table.tBodies[0], rows = Array.from(body.rows);
+    const up = th.dataset.dir !== "up"; th.dataset.dir = up ? "up" : "down";
+    const key = r => {{ const t = r.cells[col].textContent, n = parseFloat(t); return isNaN(n) ? t : n; }};
+    rows.sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (up ? 1 : -1));
+    rows.forEach(r => body.appendChild(r));
+  }}));
+}})();</script>"""
+    caption = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return HTML(f"<table id='{table_id}' class='dataframe'>{caption}<thead><tr>{head}</tr></thead>"
+                f"<tbody>{rows}</tbody></table>{script}")

@@ -58,6 +58,12 @@ def record(head, chapter, config, profile, metrics, mode, pretrained, history, s
             "train_seconds": history["time"][-1], "final_loss": history["loss"][-1]}
 
 
+def comparison_frame(mode):
+    """A pandas table of every record of ``mode`` (one row per head, in chapter order)."""
+    import pandas as pd
+    return pd.DataFrame(comparison_table(load_all(mode=mode))).set_index("head")
+
+
 def comparison_table(records):
     """Rows for a comparison: params (M), GFLOPs, activation MiB, latency (ms and device), mIoU, mode."""
     rows = []

@@ -64,6 +64,14 @@ def test_dilation_is_used_at_output_stride_8():
         bb.create("resnet18", output_stride=16)
 
 
+def test_multi_grid_multiplies_the_last_stage_dilation():
+    net = bb.create("resnet50", output_stride=8, multi_grid=(1, 2, 4))
+    assert [b.conv2.dilation for b in net.layer4] == [(4, 4), (8, 8), (16, 16)]
+    assert net.layer3[0].conv2.dilation == (2, 2)
+    with pytest.raises(ValueError, match="one rate per block"):
+        bb.create("resnet50", multi_grid=(1, 2))
+
+
 def write_weights(tmp_path, name):
     """A state dict named like torchvision's (sha256 prefix in the name), with an fc to be dropped."""
     state = bb.create(name).state_dict()

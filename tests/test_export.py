@@ -15,7 +15,7 @@ def make_book(tmp_path):
     (root / "seglab").mkdir()
     shutil.copy(export.ROOT / "_config.yml", root / "_config.yml")
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(export.setup_cell_source()),
+    nb.cells = [nbformat.v4.new_code_cell(export.setup_cell_source(), metadata={"tags": export.SETUP_TAGS}),
                 nbformat.v4.new_code_cell("#| export seglab/heads/toy.py\nimport torch\n\nX = 1"),
                 nbformat.v4.new_code_cell("print('not exported')"),
                 nbformat.v4.new_code_cell("#| export seglab/heads/toy.py\nY = 2")]

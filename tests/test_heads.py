@@ -36,3 +36,8 @@ def test_fcn_shapes_and_gradients(concat_input, num_convs):
 def test_fcn_reads_the_level_it_is_told():
     head = FCNHead(in_channels=256, channels=16, num_classes=3, in_index=2)
     assert head(features()).shape == (2, 3, 8, 8)
+
+
+def test_fcn_names_a_channel_mismatch():
+    with pytest.raises(ValueError, match="has 512 channels, but the head was built for 2048"):
+        FCNHead(in_channels=2048, channels=16)(features())

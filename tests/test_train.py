@@ -31,6 +31,16 @@ def test_segmentor_returns_logits_at_image_size_and_aux_loss_counts():
     assert not torch.isclose(with_aux, model.loss(x, masks))
 
 
+def test_images_the_backbone_cannot_take_are_refused_clearly():
+    model = tiny_model().eval()
+    with pytest.raises(ValueError, match=r"\(5, 40\) pixels, smaller than the backbone's output stride 8"):
+        model(torch.randn(1, 3, 5, 40))
+    with pytest.raises(ValueError, match=r"must be \(batch, 3, height, width\), got \(3, 40, 40\)"):
+        model(torch.randn(3, 40, 40))
+    with pytest.raises(ValueError, match="Masks .* do not match images"):
+        model.loss(torch.randn(1, 3, 40, 40), torch.zeros(1, 20, 20, dtype=torch.long))
+
+
 def test_loss_ignores_void():
     logits = torch.randn(1, 3, 2, 2)
     masks = torch.tensor([[[0, 1], [255, 255]]])

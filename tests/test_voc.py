@@ -134,3 +134,16 @@ def test_balanced_subset_is_deterministic_and_spreads_classes(tmp_path):
     assert len(classes) == 10  # ten images, ten different classes
     assert voc.balanced_subset(devkit, "train", 10, seed=4) != first
     assert voc.balanced_subset(devkit, "train", 100) == sorted(voc.local_ids(devkit, "train"))
+
+
+def test_offline_without_data_gives_one_message_with_every_way_out(tmp_path, monkeypatch):
+    from seglab import download
+    monkeypatch.delenv("SEGLAB_DATA", raising=False)
+    monkeypatch.setenv("SEGLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(download, "VOC_MIRRORS", ("http://127.0.0.1:9/VOCtrainval_11-May-2012.tar",))
+    with pytest.raises(DatasetNotFound) as error:
+        voc.load_split("train", 64)
+    message = str(error.value)
+    for expected in ("Looked at", str(tmp_path / "cache"), "python -m seglab.download", "export SEGLAB_DATA",
+                     "http://127.0.0.1:9/VOCtrainval_11-May-2012.tar"):
+        assert expected in message

@@ -18,7 +18,7 @@ class FCNHead(nn.Module):
         super().__init__()
         if num_convs == 0 and in_channels != channels:
             raise ValueError(f"with num_convs=0, in_channels ({in_channels}) must equal channels ({channels}).")
-        self.in_index, self.concat_input = in_index, concat_input
+        self.in_channels, self.in_index, self.concat_input = in_channels, in_index, concat_input
         self.convs = nn.Sequential(*[
             ConvBNReLU(in_channels if i == 0 else channels, channels, kernel_size, dilation=dilation)
             for i in range(num_convs)])
@@ -26,7 +26,7 @@ class FCNHead(nn.Module):
         self.cls = classifier(channels, num_classes, dropout)
 
     def forward(self, features):
-        x = one_level(features, self.in_index)  # (b, in_channels, h, w)
+        x = one_level(features, self.in_index, self.in_channels)  # (b, in_channels, h, w), checked
         out = self.convs(x)  # (b, channels, h, w)
         if self.concat_input:
             out = self.conv_cat(torch.cat([x, out], dim=1))  # (b, in_channels + channels, h, w) -> (b, channels, h, w)

@@ -1,0 +1,121 @@
+"""The built book in a real browser: Debian's Chromium, headless, driven by Playwright, on a loopback server.
+
+Run after `bash scripts/build_book.sh`:  python -m pytest tests/site -q
+Screenshots of the front page and a chapter are kept in the test's temporary directory (printed with -s).
+"""
+
+import functools
+import json
+import re
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from playwright.sync_api import sync_playwright
+
+ROOT = Path(__file__).resolve().parents[2]
+SITE = ROOT / "_build" / "html"
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def chapter_pages():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    return [f for f in files if f.startswith("chapters/")]
+
+
+def has_widgets(page_file):
+    nb = json.loads((ROOT / f"{page_file}.ipynb").read_text())
+    return bool(nb["metadata"].get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state"))
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not (SITE / "index.html").is_file():
+        pytest.fail(f"No built site at {SITE}: run `bash scripts/build_book.sh` first.")
+    handler = functools.partial(type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}),
+                                directory=str(SITE))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+def open_page(browser, url):
+    """Load a page; return it with the list of JavaScript errors it raised (console errors and exceptions)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"exception: {e}"))
+    page.goto(url, wait_until="networkidle")
+    return page, errors
+
+
+@pytest.mark.parametrize("page_file", chapter_pages())
+def test_chapter_page_loads_cleanly_with_images_math_and_widgets(browser, server, page_file, tmp_path_factory):
+    page, errors = open_page(browser, f"{server}/{page_file}.html")
+    page.wait_for_timeout(500)
+    assert errors == [], f"{page_file}: JavaScript errors: {errors}"
+    images = page.eval_on_selector_all("main img", "els => els.map(i => [i.src, i.complete && i.naturalWidth > 0])")
+    assert images, f"{page_file}: no images"
+    assert all(ok for _, ok in images), f"{page_file}: images not decoded: {[s for s, ok in images if not ok]}"
+    if "$" in (ROOT / f"{page_file}.ipynb").read_text():
+        page.wait_for_selector("mjx-container", timeout=10_000)
+        assert page.locator("mjx-container").count() > 0
+    if has_widgets(page_file):
+        page.wait_for_selector(".jupyter-widgets", timeout=10_000)
+        assert page.locator(".widget-slider, .widget-progress, .jupyter-widgets").count() > 0
+        assert "interactive(children=" not in page.inner_text("main"), "a widget was shown as raw text"
+    colab = page.eval_on_selector_all("a[href*='colab.research.google.com']", "els => els.map(a => a.href)")
+    assert colab and all(h.endswith(f"/blob/main/{page_file}.ipynb") for h in colab), colab
+    if page_file == chapter_pages()[1]:
+        shot = tmp_path_factory.mktemp("screenshots") / "chapter.png"
+        page.screenshot(path=str(shot), full_page=False)
+        print("chapter screenshot:", shot)
+    page.close()
+
+
+def test_front_page_and_sidebar_reach_every_chapter(browser, server, tmp_path_factory):
+    page, errors = open_page(browser, f"{server}/index.html")
+    assert errors == []
+    links = page.eval_on_selector_all("nav.bd-docs-nav a", "els => els.map(a => a.getAttribute('href'))")
+    reached = {re.sub(r"^(\.\./|\./)*", "", h).split("#")[0] for h in links}
+    missing = [f for f in chapter_pages() if f"{f}.html" not in reached]
+    assert not missing, f"the sidebar does not link {missing}"
+    shot = tmp_path_factory.mktemp("screenshots") / "front.png"
+    page.screenshot(path=str(shot))
+    print("front page screenshot:", shot)
+    page.close()
+
+
+def search_terms():
+    """A head's name, taken from the results records, and the chapter that builds it."""
+    terms = []
+    for path in sorted((ROOT / "book" / "results").glob("*.json")):
+        record = json.loads(path.read_text())
+        chapter = next((f for f in chapter_pages() if Path(f).name.startswith(f"{record['chapter']:02d}_")), None)
+        if chapter and record["chapter"] > 1:
+            terms.append((re.split(r"[^A-Za-z0-9+-]", record["head"])[0], chapter))
+    return terms
+
+
+@pytest.mark.parametrize("term,chapter", search_terms())
+def test_search_finds_the_chapter_of_a_head(browser, server, term, chapter):
+    page, errors = open_page(browser, f"{server}/search.html?q={term}")
+    page.wait_for_selector("#search-results li a", timeout=15_000)
+    hits = page.eval_on_selector_all("#search-results li a", "els => els.map(a => a.getAttribute('href'))")
+    assert any(chapter in h for h in hits), f"searching {term!r} did not find {chapter}: {hits}"
+    assert errors == []
+    page.close()

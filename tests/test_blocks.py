@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from seglab.blocks import (ConvBNReLU, DepthwiseSeparableConv, check_features, classifier, one_level, resize,
+                           resize_concat, select)
+from seglab.profile import count_parameters
+
+FEATURES = [torch.zeros(2, 8, 16, 16), torch.zeros(2, 16, 8, 8), torch.zeros(2, 32, 8, 8), torch.zeros(2, 64, 8, 8)]
+
+
+def test_conv_bn_relu_keeps_size_and_has_no_conv_bias():
+    block = ConvBNReLU(8, 4, 3, dilation=4)
+    assert block(torch.zeros(1, 8, 10, 12)).shape == (1, 4, 10, 12)
+    assert count_parameters(block) == 8 * 4 * 9 + 2 * 4
+    assert count_parameters(ConvBNReLU(8, 4, 1, relu=False)) == 8 * 4 + 2 * 4
+
+
+def test_depthwise_separable_conv_parameters():
+    block = DepthwiseSeparableConv(16, 32, 3, dilation=2)
+    assert block(torch.zeros(1, 16, 9, 9)).shape == (1, 32, 9, 9)
+    assert count_parameters(block) == (16 * 9 + 2 * 16) + (16 * 32 + 2 * 32)
+
+
+def test_classifier_and_resize():
+    assert classifier(8, 21)(torch.zeros(1, 8, 4, 4)).shape == (1, 21, 4, 4)
+    with pytest.raises(ValueError, match="num_classes must be at least 1"):
+        classifier(8, 0)
+    assert resize(torch.zeros(1, 3, 4, 4), (9, 7)).shape == (1, 3, 9, 7)
+
+
+def test_input_transforms():
+    assert one_level(FEATURES, -1).shape == (2, 64, 8, 8)
+    assert resize_concat(FEATURES, (0, 1, 2, 3)).shape == (2, 120, 16, 16)
+    assert [f.shape[1] for f in select(FEATURES, (0, 3))] == [8, 64]
+
+
+@pytest.mark.parametrize("bad,error,message", [
+    ([], ValueError, "empty list"),
+    (torch.zeros(2, 64, 8, 8), TypeError, "list of feature maps .* got a Tensor of shape"),
+    ([torch.zeros(64, 8, 8)], ValueError, r"level 0 is \(64, 8, 8\); every level must be 4D"),
+    ([torch.zeros(2, 8, 4, 4), torch.zeros(3, 8, 4, 4)], ValueError, r"batch size: \[2, 3\]"),
+])
+def test_bad_feature_lists_are_refused_clearly(bad, error, message):
+    with pytest.raises(error, match=message):
+        check_features(bad)
+    with pytest.raises(error, match=message):
+        one_level(bad)
+
+
+def test_wrong_number_of_levels_and_wrong_channels_are_named():
+    with pytest.raises(IndexError, match="reads feature level 3, but it was given 2 level"):
+        one_level(FEATURES[:2], 3)
+    with pytest.raises(ValueError, match="level 3 has 64 channels, but the head was built for 2048"):
+        one_level(FEATURES, -1, channels=2048)
+    with pytest.raises(ValueError, match="level 1 has 16 channels"):
+        select(FEATURES, (0, 1), channels=(8, 512))
+
+
+def test_checks_work_under_the_jit_tracer_fvcore_uses():
+    from torch import nn
+
+    from seglab.profile import count_flops
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cls = nn.Conv2d(64, 3, 1)
+
+        def forward(self, features):
+            return self.cls(select(features, (3,), channels=(64,))[0] + one_level(features, -1, channels=64))
+
+    total, _, _ = count_flops(Head(), (FEATURES,))
+    assert total == 2 * 64 * 3 * 8 * 8

@@ -78,7 +78,8 @@ class ResNet(nn.Module):
         self.conv1, self.bn1 = conv_bn(3, 64, 7, stride=2)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        # D8 keeps stages 3 and 4 at stride 8 and dilates their 3x3 convs by 2 and 4 instead
+        # D8 keeps stages 3 and 4 at stride 8 and dilates their 3x3 convs by 2 and 4 instead (each stage's first
+        # block by half that, like torchvision's replace_stride_with_dilation and mmseg's contract_dilation)
         strides, dilations = ((1, 2, 1, 1), (1, 1, 2, 4)) if output_stride == 8 else ((1, 2, 2, 2), (1, 1, 1, 1))
         in_channels, self.channels = 64, []
         for i, (depth, stride, dilation) in enumerate(zip(depths, strides, dilations)):
@@ -88,7 +89,10 @@ class ResNet(nn.Module):
             if len(grid) != depth:
                 raise ValueError(f"multi_grid needs one rate per block of the last stage ({depth}), got {grid}.")
             for j in range(depth):
-                blocks.append(block(in_channels, channels, stride if j == 0 else 1, dilation * grid[j]))
+                rate = dilation * grid[j]
+                if j == 0 and grid == (1,) * depth:  # the first block bridges the rates (torchvision, mmseg)
+                    rate = max(1, dilation // 2)
+                blocks.append(block(in_channels, channels, stride if j == 0 else 1, rate))
                 in_channels = channels * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             self.channels.append(in_channels)

@@ -66,9 +66,9 @@ def _level(features, index, channels=None):
                          "backbone's four levels [C2, C3, C4, C5].")
     x = features[index]
     if channels is not None and int(x.shape[1]) != channels:
-        raise ValueError(f"Feature level {index % n} has {x.shape[1]} channels, but the head was built for "
-                         f"{channels} (its in_channels); build it with in_channels={x.shape[1]} or feed the matching "
-                         "backbone.")
+        raise ValueError(f"Feature level {index % n} of the {n} level(s) given has {x.shape[1]} channels, but the "
+                         f"head was built for {channels} (its in_channels); build it with in_channels={x.shape[1]} or "
+                         "feed the matching backbone's levels [C2, C3, C4, C5].")
     return x
 
 

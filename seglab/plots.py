@@ -64,7 +64,11 @@ def plot_history(history, title="training"):
 def prediction_browser(model, split, count=None, device="cpu"):
     """An ipywidgets slider over validation images showing image, ground truth and prediction.
 
-    Without ipywidgets (or a front end for them) it falls back to a static grid of the first four images."""
+    Each view is rendered once to a JPEG, and the slider is linked to a ``Stack`` of them in the browser
+    (``jslink``): no kernel callback, so it also works in the static book, offline. Without ipywidgets it falls
+    back to a static grid of the first four images."""
+    import io
+
     from seglab.train import predict
     count = len(split) if count is None else min(count, len(split))
     predictions = [predict(model, split[i][0], device) for i in range(count)]
@@ -74,13 +78,18 @@ def prediction_browser(model, split, count=None, device="cpu"):
         print("ipywidgets is not installed: showing a static figure instead.")
         return show_predictions([split[i] for i in range(min(4, count))], predictions[:4])
 
-    def show(index):
-        fig = show_predictions([split[index]], [predictions[index]], size=3.2)
-        fig.suptitle(f"validation image {split.ids[index]}", y=1.02)
-        plt.show()
-
-    slider = widgets.IntSlider(min=0, max=count - 1, value=0, description="image", continuous_update=False)
-    return widgets.interactive(show, index=slider)
+    views = []
+    for i in range(count):
+        fig = show_predictions([split[i]], [predictions[i]], size=2.6)
+        fig.suptitle(f"validation image {split.ids[i]} ({i + 1} of {count})", y=1.0)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="jpeg", dpi=72, bbox_inches="tight", pil_kwargs={"quality": 80})
+        plt.close(fig)
+        views.append(widgets.Image(value=buffer.getvalue(), format="jpeg"))
+    stack = widgets.Stack(views, selected_index=0)
+    slider = widgets.IntSlider(min=0, max=count - 1, value=0, description="image")
+    widgets.jslink((slider, "value"), (stack, "selected_index"))
+    return widgets.VBox([slider, stack])
 
 
 def plot_comparison(table, columns=("params (M)", "GFLOPs", "activations (MiB)", "mIoU (%)"), title=None):

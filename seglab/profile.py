@@ -64,7 +64,9 @@ def activation_bytes(module, inputs):
     """Bytes of the tensors autograd saves for backward during one training-mode forward pass.
 
     Device-independent: tensors are deduplicated by storage, and parameters and the inputs themselves are left
-    out, so the number is the memory the module's own activations hold until backward."""
+    out, so the number is the memory the module's own activations hold until backward. BatchNorm layers run with
+    their running statistics while measuring: they save the same input tensor either way, and batch statistics
+    are undefined for the 1x1 maps of pooling branches at the standard batch of one."""
     skip = {p.untyped_storage().data_ptr() for p in module.parameters()}
     skip |= {t.untyped_storage().data_ptr() for t in _tensors(inputs)}
     seen = {}
@@ -77,6 +79,9 @@ def activation_bytes(module, inputs):
 
     was_training = module.training
     module.train()
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = module(*inputs)
     module.train(was_training)

@@ -58,10 +58,12 @@ def record(head, chapter, config, profile, metrics, mode, pretrained, history, s
             "train_seconds": history["time"][-1], "final_loss": history["loss"][-1]}
 
 
-def comparison_frame(mode):
-    """A pandas table of every record of ``mode`` (one row per head, in chapter order)."""
+def comparison_frame(mode, up_to=None):
+    """A pandas table of the records of ``mode`` (one row per head, in chapter order), of chapters up to ``up_to``
+    if given, so that a chapter compares itself with the heads before it, whatever else is on disk."""
     import pandas as pd
-    return pd.DataFrame(comparison_table(load_all(mode=mode))).set_index("head")
+    records = [r for r in load_all(mode=mode) if up_to is None or r.get("chapter", 0) <= up_to]
+    return pd.DataFrame(comparison_table(records)).set_index("head")
 
 
 def comparison_table(records):

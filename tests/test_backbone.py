@@ -58,8 +58,11 @@ def test_feature_shapes_at_output_stride_8_and_32(name, channels):
 
 def test_dilation_is_used_at_output_stride_8():
     net = bb.create("resnet50", output_stride=8)
-    assert net.layer3[0].conv2.dilation == (2, 2) and net.layer4[1].conv2.dilation == (4, 4)
+    # stage 3 at rate 2 and stage 4 at rate 4; each stage's first block at half the rate (torchvision, mmseg)
+    assert [b.conv2.dilation[0] for b in net.layer3] == [1, 2, 2, 2, 2, 2]
+    assert [b.conv2.dilation[0] for b in net.layer4] == [2, 4, 4]
     assert net.layer4[0].conv2.stride == (1, 1)
+    assert all(b.conv2.dilation == (1, 1) for b in bb.create("resnet50", output_stride=32).layer4)
     with pytest.raises(ValueError, match="output_stride must be 8"):
         bb.create("resnet18", output_stride=16)
 
@@ -67,7 +70,7 @@ def test_dilation_is_used_at_output_stride_8():
 def test_multi_grid_multiplies_the_last_stage_dilation():
     net = bb.create("resnet50", output_stride=8, multi_grid=(1, 2, 4))
     assert [b.conv2.dilation for b in net.layer4] == [(4, 4), (8, 8), (16, 16)]
-    assert net.layer3[0].conv2.dilation == (2, 2)
+    assert net.layer3[0].conv2.dilation == (1, 1) and net.layer3[1].conv2.dilation == (2, 2)
     with pytest.raises(ValueError, match="one rate per block"):
         bb.create("resnet50", multi_grid=(1, 2))
 

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,3 +74,15 @@ def test_profile_head_reports_everything():
     assert p.params == 2048 * 21 + 21 and p.flops == 2048 * 21 * 64 * 64
     assert p.device == "cpu" and p.latency_ms > 0 and p.cuda_peak_bytes is None
     assert "FLOPs (MACs)" in str(p)
+
+
+def test_activation_bytes_handles_pooled_batchnorm_at_batch_one_and_restores_modes():
+    branch = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 4, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+    x = torch.zeros(1, 8, 6, 6)
+    with pytest.raises(ValueError):  # what a plain training forward does at batch 1
+        branch.train()(x)
+    assert activation_bytes(branch, (x,)) > 0
+    assert branch.training and branch[2].training  # modes are restored
+    before = branch[2].running_mean.clone()
+    activation_bytes(branch, (x,))
+    assert torch.equal(before, branch[2].running_mean)  # and running statistics untouched

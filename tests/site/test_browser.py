@@ -75,9 +75,22 @@ def test_chapter_page_loads_cleanly_with_images_math_and_widgets(browser, server
         page.wait_for_selector("mjx-container", timeout=10_000)
         assert page.locator("mjx-container").count() > 0
     if has_widgets(page_file):
-        page.wait_for_selector(".jupyter-widgets", timeout=10_000)
-        assert page.locator(".widget-slider, .widget-progress, .jupyter-widgets").count() > 0
+        # attached, not visible: a finished tqdm bar with leave=False is rendered with visibility: hidden
+        page.wait_for_selector(".jupyter-widgets", state="attached", timeout=10_000)
+        assert page.locator(".jupyter-widgets:visible").count() > 0, f"{page_file}: no widget is visible"
         assert "interactive(children=" not in page.inner_text("main"), "a widget was shown as raw text"
+    if "prediction_browser(" in (ROOT / f"{page_file}.ipynb").read_text():  # slider linked to rendered views
+        page.wait_for_selector(".jupyter-widgets .widget-slider", timeout=10_000)
+        views = page.eval_on_selector_all(".jupyter-widgets img", "els => els.filter(i => i.naturalWidth > 0).length")
+        assert views > 0, f"{page_file}: the prediction browser shows no image"
+        shown = "els => els.filter(i => i.offsetParent !== null && i.naturalWidth > 0).map(i => i.src)"
+        before = page.eval_on_selector_all(".jupyter-widgets .widget-image", shown)
+        page.locator(".jupyter-widgets .widget-slider .noUi-handle, .jupyter-widgets .widget-slider [role=slider]"
+                     ).first.focus()
+        page.keyboard.press("ArrowRight")  # the slider is linked to the views in the page itself (jslink)
+        page.wait_for_timeout(300)
+        after = page.eval_on_selector_all(".jupyter-widgets .widget-image", shown)
+        assert len(before) == len(after) == 1 and before != after, f"{page_file}: the slider does not change the view"
     colab = page.eval_on_selector_all("a[href*='colab.research.google.com']", "els => els.map(a => a.href)")
     assert colab and all(h.endswith(f"/blob/main/{page_file}.ipynb") for h in colab), colab
     if page_file == chapter_pages()[1]:

@@ -1,0 +1,70 @@
+"""Every exported head keeps the one contract (a list of feature maps in, logits out) and refuses bad input with a
+message that names the problem, not a traceback from deep inside torch."""
+
+import pytest
+import torch
+
+from seglab.heads.aspp import ASPPHead
+from seglab.heads.deeplabv3plus import DeepLabV3PlusHead
+from seglab.heads.dsconv_fcn import DSConvFCNHead
+from seglab.heads.fcn import FCNHead
+from seglab.heads.fpn import SemanticFPN
+from seglab.heads.pointrend import PointRend
+from seglab.heads.psp import PSPHead
+from seglab.heads.upernet import UPerHead
+
+CHANNELS = (8, 16, 32, 64)  # a small backbone: C2..C5 at strides 4, 8, 16, 32 of a 64x64 image
+HEADS = {
+    "FCN": lambda k: FCNHead(in_channels=64, channels=16, num_classes=k),
+    "PSPNet": lambda k: PSPHead(in_channels=64, channels=16, num_classes=k),
+    "DeepLabV3": lambda k: ASPPHead(in_channels=64, channels=16, num_classes=k, dilations=(1, 2)),
+    "Semantic FPN": lambda k: SemanticFPN(in_channels=CHANNELS, neck_channels=16, channels=8, num_classes=k),
+    "UPerNet": lambda k: UPerHead(in_channels=CHANNELS, channels=16, num_classes=k),
+    "DeepLabV3+": lambda k: DeepLabV3PlusHead(in_channels=64, channels=16, num_classes=k, dilations=(1, 2),
+                                              c1_in_channels=8, c1_channels=4),
+    "DSConv FCN": lambda k: DSConvFCNHead(in_channels=64, channels=16, num_classes=k),
+    "PointRend": lambda k: PointRend(in_channels=CHANNELS, neck_channels=16, channels=8, point_channels=16,
+                                     num_classes=k, subdivision_points=64),
+}
+
+
+def features(batch=2):
+    return [torch.randn(batch, c, 64 // s, 64 // s) for c, s in zip(CHANNELS, (4, 8, 16, 32))]
+
+
+@pytest.fixture(params=list(HEADS), ids=list(HEADS))
+def head(request):
+    torch.manual_seed(0)
+    return HEADS[request.param](3).eval()
+
+
+def test_head_returns_logits_for_every_class(head):
+    with torch.no_grad():
+        out = head(features())
+    assert out.dim() == 4 and out.shape[:2] == (2, 3) and torch.isfinite(out).all()
+
+
+def replace(level, tensor):
+    maps = features()
+    maps[level] = tensor
+    return maps
+
+
+@pytest.mark.parametrize("bad,error,message", [
+    ([], ValueError, "empty list"),
+    (torch.randn(2, 64, 2, 2), TypeError, "list of feature maps"),
+    (replace(3, torch.randn(64, 2, 2)), ValueError, "every level must be 4D"),
+    (replace(0, torch.randn(3, 8, 16, 16)), ValueError, r"disagree on the batch size: \[3, 2, 2, 2\]"),
+    (replace(3, torch.randn(2, 48, 2, 2)), ValueError,
+     r"level 3 of the 4 level\(s\) given has 48 channels, but the head was built for 64"),
+    (features()[:2], (ValueError, IndexError), r"2 level\(s\)|given 2"),
+], ids=["empty list", "a bare tensor", "non-4D level", "batch mismatch", "wrong channels", "two levels of four"])
+def test_bad_feature_lists_are_refused_with_a_message(head, bad, error, message):
+    with pytest.raises(error, match=message):
+        head(bad)
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_num_classes_below_one_is_refused(name):
+    with pytest.raises(ValueError, match="num_classes must be at least 1, got 0"):
+        HEADS[name](0)

@@ -1,0 +1,63 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from seglab import plots  # noqa: E402
+from seglab.voc import PALETTE  # noqa: E402
+
+
+def test_colorize_and_overlay_leave_background_and_void_clear():
+    mask = np.array([[0, 1], [15, 255]])
+    assert plots.colorize(mask).tolist() == [[PALETTE[0].tolist(), PALETTE[1].tolist()],
+                                             [PALETTE[15].tolist(), PALETTE[255].tolist()]]
+    image = torch.full((3, 2, 2), 100, dtype=torch.uint8)
+    out = plots.overlay(image, mask, alpha=0.5)
+    assert out[0, 0].tolist() == [100, 100, 100] and out[1, 1].tolist() == [100, 100, 100]
+    assert out[0, 1].tolist() == [114, 50, 50]  # halfway to aeroplane red (128, 0, 0)
+
+
+def test_figures_have_the_panels_they_promise():
+    sample = (torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(8, 8, dtype=torch.long))
+    assert len(plots.show_predictions([sample, sample], [torch.ones(8, 8, dtype=torch.long)] * 2).axes) == 6
+    history = {"loss": [2.0, 1.0], "lr": [0.1, 0.05], "images_per_s": [3.0, 4.0], "time": [1.0, 2.0]}
+    assert len(plots.plot_history(history).axes) == 3
+    table = pd.DataFrame({"params (M)": [1.0, 2.0], "GFLOPs": [3.0, 4.0], "activations (MiB)": [5, 6],
+                          "mIoU (%)": [7.0, 8.0]}, index=pd.Index(["A", "B"], name="head"))
+    assert len(plots.plot_comparison(table).axes) == 4
+
+
+class Constant(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images):
+        logits = torch.zeros(images.shape[0], 21, *images.shape[-2:])
+        logits[:, 7] = 1
+        return logits
+
+
+def test_prediction_browser_links_a_slider_to_one_rendered_view_per_image(devkit):
+    import ipywidgets as widgets
+
+    from seglab.voc import load_split
+    split = load_split("val", 32, progress=False)
+    browser = plots.prediction_browser(Constant(), split, count=3)
+    slider, stack = browser.children
+    assert isinstance(slider, widgets.IntSlider) and (slider.min, slider.max) == (0, 2)
+    assert isinstance(stack, widgets.Stack) and len(stack.children) == 3
+    assert all(view.format == "jpeg" and view.value[:2] == b"\xff\xd8" for view in stack.children)
+    # jslink acts in the browser, not the kernel: the link widget must exist, so the page carries it
+    from ipywidgets.widgets.widget_link import Link
+    links = [w for w in widgets.Widget.widgets.values() if isinstance(w, Link)]
+    assert any(link.source == (slider, "value") and link.target == (stack, "selected_index") for link in links)
+
+
+def test_sortable_table_is_self_contained_html():
+    table = pd.DataFrame({"GFLOPs": [3.0, 10.0]}, index=pd.Index(["A", "B"], name="head"))
+    html = plots.sortable_table(table, caption="heads")._repr_html_()
+    assert "<script>" in html and "addEventListener" in html and html.count("<tr>") == 3 and "heads" in html

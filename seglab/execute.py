@@ -5,6 +5,7 @@
 """
 
 import hashlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ def code_hash(nb):
 def execute(path, timeout=1800):
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
+    os.environ.pop("MPLBACKEND", None)  # a non-interactive backend (Agg) would store no figures in the book
     start = time.perf_counter()
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     seconds = time.perf_counter() - start

@@ -27,3 +27,12 @@ def test_code_hash_ignores_outputs_and_sees_code():
     assert code_hash(nb) == before
     nb.cells[0].source = "x = 2"
     assert code_hash(nb) != before
+
+
+@pytest.mark.parametrize("notebook", notebooks(), ids=lambda p: p.name)
+def test_every_figure_shown_was_stored(notebook):
+    nb = nbformat.read(notebook, as_version=4)
+    empty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "plt.show()" in c.source
+             and not any("image/png" in o.get("data", {}) for o in c.outputs)]
+    assert not empty, (f"{notebook.name}: code cells {empty} show a figure but stored none (executed with "
+                       "MPLBACKEND=Agg?); rerun `python -m seglab.execute`")

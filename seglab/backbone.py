@@ -3,6 +3,8 @@
 ``forward`` returns the four stage outputs C2..C5 (strides 4, 8, 16, 32, or 4, 8, 8, 8 with D8).
 """
 
+import os
+import socket
 import warnings
 
 import torch
@@ -12,6 +14,7 @@ WEIGHTS = {  # torchvision's ImageNet weights; the hex in the file name is the s
     "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
     "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
 }
+HUB_TIMEOUT = 30  # seconds without an answer before the download is given up (torch.hub sets none of its own)
 
 
 class PretrainedWeightsUnavailable(UserWarning):
@@ -31,8 +34,9 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_channels, channels, stride=1, dilation=1):
         super().__init__()
+        # only the first 3x3 conv is dilated, as in mmseg's BasicBlock (torchvision's refuses dilation)
         self.conv1, self.bn1 = conv_bn(in_channels, channels, 3, stride, dilation)
-        self.conv2, self.bn2 = conv_bn(channels, channels, 3, 1, dilation)
+        self.conv2, self.bn2 = conv_bn(channels, channels, 3, 1)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = shortcut(in_channels, channels * self.expansion, stride)
 
@@ -79,7 +83,7 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         # D8 keeps stages 3 and 4 at stride 8 and dilates their 3x3 convs by 2 and 4 instead (each stage's first
-        # block by half that, like torchvision's replace_stride_with_dilation and mmseg's contract_dilation)
+        # block by half that: mmseg's contract_dilation, and torchvision's replace_stride_with_dilation for ResNet-50)
         strides, dilations = ((1, 2, 1, 1), (1, 1, 2, 4)) if output_stride == 8 else ((1, 2, 2, 2), (1, 1, 1, 1))
         in_channels, self.channels = 64, []
         for i, (depth, stride, dilation) in enumerate(zip(depths, strides, dilations)):
@@ -97,6 +101,9 @@ class ResNet(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             self.channels.append(in_channels)
         self.frozen = False
+        for m in self.modules():  # torchvision's initialisation, which matters when training from scratch
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x):  # (b, 3, H, W)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (b, 64, H/4, W/4)
@@ -110,15 +117,22 @@ class ResNet(nn.Module):
         """Load torchvision's ImageNet weights through torch.hub (honours TORCH_HOME). Returns True on success;
         on failure it warns loudly and keeps the random initialisation."""
         url = WEIGHTS[self.name]
+        cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(HUB_TIMEOUT)  # a stalled network fails after HUB_TIMEOUT s instead of hanging
         try:
             state = torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True, weights_only=True)
-        except Exception as error:  # offline, blocked, or a corrupt/mismatched file
+        except Exception as error:  # offline, blocked, stalled, or a corrupt/mismatched file
             reason = "the file's sha256 does not match its name" if "hash" in str(error).lower() else str(error)
+            if os.path.isfile(cached):
+                reason += f"; the cached file {cached} may be corrupt: delete it to download it again"
             message = (f"ImageNet weights for {self.name} could not be loaded from {url} ({reason}). "
                        "Continuing from RANDOM initialisation: numbers from this run are trained from scratch.")
             warnings.warn(message, PretrainedWeightsUnavailable, stacklevel=2)
             self.pretrained = False
             return False
+        finally:
+            socket.setdefaulttimeout(previous)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the classifier is not used
         self.load_state_dict(state, strict=True)
         self.pretrained = True

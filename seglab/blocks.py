@@ -6,7 +6,8 @@ from torch import nn
 
 
 class ConvBNReLU(nn.Sequential):
-    """Conv (no bias) -> BatchNorm -> ReLU, the ``ConvModule`` of mmsegmentation."""
+    """Conv (no bias) -> BatchNorm -> ReLU, the ``ConvModule`` of mmsegmentation, initialised as it is (Kaiming
+    normal, fan-out)."""
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, dilation=1, groups=1, relu=True):
         padding = dilation * (kernel_size - 1) // 2
@@ -15,6 +16,7 @@ class ConvBNReLU(nn.Sequential):
         if relu:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
+        nn.init.kaiming_normal_(self[0].weight, mode="fan_out", nonlinearity="relu")
 
 
 class DepthwiseSeparableConv(nn.Sequential):
@@ -31,7 +33,10 @@ def classifier(channels, num_classes, dropout=0.1):
     """The final decode step of every head: dropout, then a 1x1 conv to one logit per class."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}.")
-    return nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(channels, num_classes, 1))
+    conv = nn.Conv2d(channels, num_classes, 1)
+    nn.init.normal_(conv.weight, std=0.01)  # mmseg's conv_seg initialisation: small logits at the start
+    nn.init.zeros_(conv.bias)
+    return nn.Sequential(nn.Dropout2d(dropout), conv)
 
 
 def resize(x, size):

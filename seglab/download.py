@@ -94,6 +94,9 @@ def segmentation_members(tar):
 def safe_extract(tar_path, dest):
     """Extract the segmentation members into ``dest`` with tarfile's ``data`` filter, which refuses absolute
     paths, ``..`` and links that leave ``dest``. Extraction goes to a temporary folder renamed at the end."""
+    if not hasattr(tarfile, "data_filter"):  # added in Python 3.10.12, 3.11.4 and 3.12
+        raise DownloadError(f"This Python ({sys.version.split()[0]}) lacks tarfile's safe 'data' extraction filter; "
+                            "use Python 3.10.12+, 3.11.4+ or 3.12+ to extract VOC safely.")
     dest = Path(dest)
     tmp = dest.with_name(dest.name + ".extracting")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -105,7 +108,11 @@ def safe_extract(tar_path, dest):
         members = segmentation_members(tar)
         for member in tqdm(members, desc="extracting", unit="file"):
             tar.extract(member, tmp, filter="data")
-    devkit = next(p.parent for p in tmp.rglob("VOC2012") if p.is_dir())
+    devkit = next((p.parent for p in tmp.rglob("VOC2012") if p.is_dir()), None)
+    if devkit is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DownloadError(f"{tar_path} holds a VOC2012 folder but no segmentation masks or split lists; it is not "
+                            "the VOC 2012 trainval archive. Delete it and download again.")
     dest.parent.mkdir(parents=True, exist_ok=True)
     devkit.replace(dest)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -13,18 +13,20 @@ def colorize(mask):
 
 
 def overlay(image, mask, alpha=0.55):
-    """Blend the palette colours of ``mask`` over a uint8 (3, H, W) image; void and background stay clear."""
+    """Blend the palette colours of ``mask`` over a uint8 (3, H, W) image. Background stays clear; void (255:
+    object outlines, unlabelled regions, padding) takes VOC's own cream, so what the loss ignores is visible."""
     rgb = np.asarray(image.permute(1, 2, 0) if torch.is_tensor(image) else image).astype(np.float32)
     mask = np.asarray(mask)
-    tint = (mask != 0) & (mask != IGNORE)
+    tint = mask != 0
     rgb[tint] = (1 - alpha) * rgb[tint] + alpha * colorize(mask)[tint]
     return rgb.astype(np.uint8)
 
 
 def legend(ax, classes_present):
-    handles = [plt.Rectangle((0, 0), 1, 1, color=PALETTE[c] / 255) for c in classes_present]
-    ax.legend(handles, [CLASSES[c] for c in classes_present], loc="center left", bbox_to_anchor=(1, 0.5),
-              fontsize=8, frameon=False)
+    """Palette swatches for the given class indices (IGNORE is shown as "void")."""
+    handles = [plt.Rectangle((0, 0), 1, 1, color=PALETTE[c] / 255, ec="0.6", lw=0.5) for c in classes_present]
+    names = ["void" if c == IGNORE else CLASSES[c] for c in classes_present]
+    ax.legend(handles, names, loc="center left", bbox_to_anchor=(1, 0.5), fontsize=8, frameon=False)
 
 
 def show_predictions(samples, predictions=None, titles=("image", "ground truth", "prediction"), size=2.6):
@@ -43,7 +45,7 @@ def show_predictions(samples, predictions=None, titles=("image", "ground truth",
             axes[row, col].set_axis_off()
             if row == 0:
                 axes[0, col].set_title(titles[col])
-    legend(axes[0, -1], sorted(c for c in present if c not in (0, IGNORE)))
+    legend(axes[0, -1], sorted(c for c in present if c != 0))  # void last: IGNORE = 255 sorts after the classes
     fig.tight_layout()
     return fig
 

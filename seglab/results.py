@@ -24,12 +24,29 @@ def results_dir():
 
 
 def code_version():
+    """``seglab <version> @ <commit>``, marked ``(seglab/ modified)`` when the package differs from that commit.
+    The commit comes from the git checkout the package lives in, or from pip's record of a ``git+`` install (as in
+    Colab); otherwise it is said to be unknown, never left out silently."""
+    here = Path(seglab.__file__).resolve().parent
+    version = f"seglab {seglab.__version__}"
+
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=here).stdout.strip()
+
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(seglab.__file__).parent).stdout.strip()
+        top = git("rev-parse", "--show-toplevel")
+        if top and Path(top).resolve() == here.parent:  # the book's own checkout, not a repository around it
+            modified = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+            return f"{version} @ {git('rev-parse', '--short', 'HEAD')}" + (" (seglab/ modified)" if modified else "")
     except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"seglab {seglab.__version__}" + (f" @ {commit}" if commit else "")
+        pass
+    try:
+        from importlib import metadata
+        direct = json.loads(metadata.distribution("seglab").read_text("direct_url.json") or "{}")
+        commit = direct.get("vcs_info", {}).get("commit_id")
+    except Exception:  # not installed as a distribution, or no record
+        commit = None
+    return f"{version} @ {commit[:7]}" if commit else f"{version} @ unknown commit (not a git checkout)"
 
 
 def save(record, name=None):

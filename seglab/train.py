@@ -37,6 +37,10 @@ def train(model, split, mode, seed=0, optimizer="sgd", lr=None, progress=True):
 
     Returns the history: per iteration the loss, learning rate, elapsed seconds and images per second."""
     device, lr = mode.device, lr or mode.lr
+    if mode.batch < 2:
+        raise ValueError(f"Training needs a batch of at least 2 (got {mode.batch}): BatchNorm cannot normalise the "
+                         "single value per channel of pooled branches (PPM, ASPP's image pool) at batch 1. Use "
+                         "dataclasses.replace(MODE, batch=2) or more.")
     model.to(device).train()
     opt = make_optimizer(model, optimizer, lr)
     amp = device.startswith("cuda")
@@ -60,10 +64,11 @@ def train(model, split, mode, seed=0, optimizer="sgd", lr=None, progress=True):
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-        except torch.OutOfMemoryError:
+        except torch.OutOfMemoryError as error:
             raise torch.OutOfMemoryError(
                 f"CUDA ran out of memory at iteration {it + 1} with batch {mode.batch} and crop "
-                f"{mode.crop}x{mode.crop}. Lower the batch size or the crop (the two knobs of the mode).") from None
+                f"{mode.crop}x{mode.crop}. Lower the batch size or the crop (the two knobs of the mode), e.g. "
+                f"MODE = dataclasses.replace(MODE, batch={max(2, mode.batch // 2)}).") from error
         if amp:
             torch.cuda.synchronize()
         now = time.perf_counter()
@@ -83,9 +88,15 @@ def evaluate(model, split, mode, num_classes=21, progress=True):
     n = len(split) if mode.val_images is None else min(mode.val_images, len(split))
     batches = eval_batches(split, mode.eval_batch, mode.device, limit=n)
     for images, masks in tqdm(batches, total=math.ceil(n / mode.eval_batch), desc="evaluating",
-                              disable=not progress, leave=False):
-        with torch.autocast("cuda", dtype=torch.float16, enabled=mode.device.startswith("cuda")):
-            pred = model(images).max(1).indices  # max().indices: much faster than argmax on CPU
+                              disable=not progress):
+        try:
+            with torch.autocast("cuda", dtype=torch.float16, enabled=mode.device.startswith("cuda")):
+                pred = model(images).max(1).indices  # max().indices: much faster than argmax on CPU
+        except torch.OutOfMemoryError as error:
+            raise torch.OutOfMemoryError(
+                f"CUDA ran out of memory evaluating batches of {mode.eval_batch} images of "
+                f"{images.shape[-2]}x{images.shape[-1]}. Lower the evaluation batch, e.g. "
+                f"MODE = dataclasses.replace(MODE, eval_batch={max(1, mode.eval_batch // 2)}).") from error
         confusion += confusion_matrix(pred, masks, num_classes)
     return {**scores(confusion), "images": n}
 

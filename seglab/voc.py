@@ -93,7 +93,8 @@ def read_ids(devkit, split):
                               "VOC2012/ImageSets/Segmentation/{train,val}.txt.")
     ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not ids:
-        raise ValueError(f"The split file {path} is empty.")
+        raise ValueError(f"The split file {path} is empty: it should list one image id per line (e.g. 2007_000032). "
+                         "Restore it from the VOC 2012 archive (python -m seglab.download).")
     return ids
 
 
@@ -165,8 +166,19 @@ def read_sample(devkit, id_):
 
 
 def local_ids(devkit, split):
-    """The ids of a split whose image and mask are both present on disk (the default subset)."""
-    return [i for i in read_ids(devkit, split) if image_path(devkit, i).is_file() and mask_path(devkit, i).is_file()]
+    """The ids of a split whose image and mask are present on disk (the default subset). A listed id with neither
+    file is simply not in this copy; an id with only one of the two means a damaged copy, and is refused."""
+    ids = []
+    for i in read_ids(devkit, split):
+        image, mask = image_path(devkit, i).is_file(), mask_path(devkit, i).is_file()
+        if image != mask:
+            missing = mask_path(devkit, i) if image else image_path(devkit, i)
+            raise DatasetNotFound(f"{missing} is listed in the split file but missing, while its "
+                                  f"{'image' if image else 'mask'} is there: the copy is damaged. Restore the file, "
+                                  f"or remove {i} from {split}.txt.")
+        if image:
+            ids.append(i)
+    return ids
 
 
 def _rank(id_, seed):
@@ -225,6 +237,9 @@ def load_split(split, image_size, root=None, size=None, seed=0, progress=True):
     ids = local_ids(devkit, split) if size is None else balanced_subset(devkit, split, size, seed)
     if not ids:
         raise DatasetNotFound(f"No {split} image has both its JPEG and its mask under {devkit}.")
+    listed = len(read_ids(devkit, split))
+    if size is None and len(ids) < listed:  # a partial copy: say so, never shrink the data silently
+        print(f"{split}: {len(ids)} of the {listed} ids in {split}.txt have files under {devkit}; using those.")
     images = torch.zeros(len(ids), 3, image_size, image_size, dtype=torch.uint8)
     masks = torch.full((len(ids), image_size, image_size), IGNORE, dtype=torch.uint8)
     sizes = torch.zeros(len(ids), 2, dtype=torch.long)
@@ -236,7 +251,7 @@ def load_split(split, image_size, root=None, size=None, seed=0, progress=True):
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         list(tqdm(pool.map(decode, range(len(ids))), total=len(ids), desc=f"decoding VOC {split}",
-                  disable=not progress, leave=False))
+                  disable=not progress))
     return VOCSplit(ids, images, masks, sizes)
 
 

@@ -67,6 +67,21 @@ def test_dilation_is_used_at_output_stride_8():
         bb.create("resnet18", output_stride=16)
 
 
+def test_resnet18_dilates_only_the_first_conv_of_each_block_as_mmseg():
+    net = bb.create("resnet18", output_stride=8)
+    assert [b.conv1.dilation[0] for b in (*net.layer3, *net.layer4)] == [1, 2, 2, 4]
+    assert all(b.conv2.dilation == (1, 1) for b in (*net.layer3, *net.layer4))
+
+
+def test_initialisation_is_torchvisions_for_the_backbone_and_mmsegs_for_the_classifier():
+    torch.manual_seed(0)
+    conv = bb.create("resnet50").layer4[0].conv2.weight  # (512, 512, 3, 3): kaiming normal, fan-out
+    assert abs(conv.std().item() - (2 / (512 * 9)) ** 0.5) < 0.002
+    from seglab.blocks import classifier
+    cls = classifier(512, 21)[1]
+    assert abs(cls.weight.std().item() - 0.01) < 0.002 and torch.all(cls.bias == 0)
+
+
 def test_multi_grid_multiplies_the_last_stage_dilation():
     net = bb.create("resnet50", output_stride=8, multi_grid=(1, 2, 4))
     assert [b.conv2.dilation for b in net.layer4] == [(4, 4), (8, 8), (16, 16)]
@@ -116,6 +131,38 @@ def test_offline_fallback_is_visible(tmp_path, monkeypatch):
     with pytest.warns(bb.PretrainedWeightsUnavailable, match="could not be loaded"):
         net = bb.resnet18(pretrained=True)
     assert net.pretrained is False
+
+
+def test_a_stalled_download_times_out_and_falls_back(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    silent = socket.socket()  # accepts connections (the kernel's backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    port = silent.getsockname()[1]
+    monkeypatch.setitem(bb.WEIGHTS, "resnet18", f"http://127.0.0.1:{port}/resnet18-f37072fd.pth")
+    monkeypatch.setattr(bb, "HUB_TIMEOUT", 1)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    start = time.perf_counter()
+    try:
+        with pytest.warns(bb.PretrainedWeightsUnavailable, match="timed out.*RANDOM initialisation"):
+            net = bb.resnet18(pretrained=True)
+    finally:
+        silent.close()
+    assert net.pretrained is False and time.perf_counter() - start < 20
+    assert socket.getdefaulttimeout() is None  # the process-wide default is restored
+
+
+def test_a_corrupt_cached_file_is_named(tmp_path, monkeypatch):
+    path = write_weights(tmp_path, "resnet18")
+    monkeypatch.setitem(bb.WEIGHTS, "resnet18", path.as_uri())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    cached = tmp_path / "home" / "hub" / "checkpoints" / path.name
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"not a checkpoint")
+    with pytest.warns(bb.PretrainedWeightsUnavailable, match=f"cached file {cached} may be corrupt: delete it"):
+        assert bb.resnet18(pretrained=True).pretrained is False
 
 
 def test_weights_are_loaded_with_weights_only(tmp_path, monkeypatch):

@@ -60,7 +60,7 @@ def test_failure_lists_every_url_tried_and_leaves_no_complete_file(server, tmp_p
 
 def test_truncated_download_is_detected(server, tmp_path):
     base, _ = server
-    with pytest.raises(dl.DownloadError, match="truncated|connection closed|IncompleteRead|Tried"):
+    with pytest.raises(dl.DownloadError, match="connection closed after 51200 of 102400 bytes|IncompleteRead"):
         dl.download([f"{base}/truncated"], tmp_path / "f.tar", MD5, timeout=5)
     assert not (tmp_path / "f.tar").exists()
 
@@ -103,7 +103,18 @@ def test_extraction_keeps_only_what_segmentation_needs(tmp_path):
 def test_path_traversal_members_are_refused(tmp_path, evil):
     with pytest.raises(tarfile.FilterError):
         dl.safe_extract(voc_tar(tmp_path, extra=[(evil, b"x")]), tmp_path / "out" / "VOCdevkit")
-    assert not (tmp_path / "evil.png").exists()
+    assert not list(tmp_path.rglob("evil.png")) and not list(tmp_path.rglob("abs.png"))  # nothing was written
+    assert not (tmp_path / "out" / "VOCdevkit").exists()
+
+
+def test_archive_without_segmentation_data_is_refused_clearly(tmp_path):
+    path = tmp_path / "other.tar"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("VOCdevkit/VOC2012/Annotations/2007_000027.xml")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(dl.DownloadError, match="no segmentation masks or split lists.*Delete it and download again"):
+        dl.safe_extract(path, tmp_path / "out" / "VOCdevkit")
 
 
 def test_fetch_voc_end_to_end_from_a_mirror(tmp_path):

@@ -10,14 +10,22 @@ from seglab import plots  # noqa: E402
 from seglab.voc import PALETTE  # noqa: E402
 
 
-def test_colorize_and_overlay_leave_background_and_void_clear():
+def test_colorize_and_overlay_leave_background_clear_and_show_void_in_cream():
     mask = np.array([[0, 1], [15, 255]])
     assert plots.colorize(mask).tolist() == [[PALETTE[0].tolist(), PALETTE[1].tolist()],
                                              [PALETTE[15].tolist(), PALETTE[255].tolist()]]
+    assert PALETTE[255].tolist() == [224, 224, 192]
     image = torch.full((3, 2, 2), 100, dtype=torch.uint8)
     out = plots.overlay(image, mask, alpha=0.5)
-    assert out[0, 0].tolist() == [100, 100, 100] and out[1, 1].tolist() == [100, 100, 100]
+    assert out[0, 0].tolist() == [100, 100, 100]  # background untouched
     assert out[0, 1].tolist() == [114, 50, 50]  # halfway to aeroplane red (128, 0, 0)
+    assert out[1, 1].tolist() == [162, 162, 146]  # halfway to void's cream (224, 224, 192)
+
+
+def test_legend_names_void():
+    fig = plots.show_predictions([(torch.zeros(3, 4, 4, dtype=torch.uint8), torch.tensor([[0, 1, 255, 255]] * 4))])
+    names = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+    assert names == ["aeroplane", "void"]
 
 
 def test_figures_have_the_panels_they_promise():

@@ -1,4 +1,6 @@
 import json
+import re
+import subprocess
 
 from seglab import mode, results
 from seglab.profile import Profile
@@ -16,7 +18,7 @@ def test_record_round_trip_carries_what_a_rerun_needs(tmp_path, monkeypatch):
     for key in ("head", "config", "profile", "miou", "device", "pretrained", "seed", "version", "mode"):
         assert key in saved
     assert {"crop", "iters", "batch", "backbone"} <= set(saved["mode"])
-    assert saved["version"].startswith("seglab ")
+    assert re.match(r"seglab \d+\.\d+\.\d+ @ [0-9a-f]{7}", saved["version"]), saved["version"]  # the commit
     rows = results.comparison_table(results.load_all("quick"))
     assert rows[0]["head"] == "FCN" and rows[0]["GFLOPs"] == 2.0 and rows[0]["mIoU (%)"] == 25.0
     assert results.load_all("brief") == []
@@ -31,3 +33,28 @@ def test_comparison_frame_keeps_the_chapters_up_to_the_current_one(tmp_path, mon
                                     pretrained=False, history={"time": [1.0], "loss": [1.0]}, seed=0))
     assert list(results.comparison_frame("quick", up_to=3).index) == ["FCN", "PSPNet"]
     assert list(results.comparison_frame("quick").index) == ["FCN", "PSPNet", "PointRend"]
+
+
+def test_code_version_says_when_the_commit_is_unknown(monkeypatch):
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    monkeypatch.setattr("importlib.metadata.distribution", lambda name: (_ for _ in ()).throw(LookupError(name)))
+    assert results.code_version().endswith("@ unknown commit (not a git checkout)")
+
+
+def test_a_failed_weight_load_reaches_the_record_as_not_pretrained(tmp_path, monkeypatch):
+    import warnings
+
+    from seglab import backbone as bb
+    monkeypatch.setitem(bb.WEIGHTS, "resnet18", (tmp_path / "absent-12345678.pth").as_uri())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = bb.create("resnet18", pretrained=True)
+    p = Profile(params=1, flops=1, activation_bytes=1, latency_ms=1.0, device="cpu")
+    rec = results.record("FCN", chapter=2, config={}, profile=p, metrics={"miou": 0.1, "pixel_acc": 0.5, "iou": [],
+                         "images": 1}, mode=mode.quick(), pretrained=net.pretrained,
+                         history={"time": [1.0], "loss": [1.0]}, seed=0)
+    assert rec["pretrained"] is False

@@ -12,8 +12,8 @@ from seglab.voc import load_split
 
 
 def tiny_mode(**changes):
-    return dataclasses.replace(modes.quick("cpu"), image_size=32, crop=24, batch=2, iters=3, val_images=None,
-                               eval_batch=2, **changes)
+    settings = dict(image_size=32, crop=24, batch=2, iters=3, val_images=None, eval_batch=2)
+    return dataclasses.replace(modes.quick("cpu"), **{**settings, **changes})
 
 
 def tiny_model(seed=0):
@@ -95,6 +95,23 @@ def test_out_of_memory_names_batch_and_crop(devkit, monkeypatch):
     monkeypatch.setattr(model, "loss", boom)
     with pytest.raises(torch.OutOfMemoryError, match="batch 2 and crop 24x24.*Lower the batch size or the crop"):
         train(model, load_split("train", 32, progress=False), tiny_mode(), progress=False)
+
+
+def test_out_of_memory_in_evaluation_names_the_evaluation_batch(devkit, monkeypatch):
+    model = tiny_model()
+
+    def boom(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(model, "forward", boom)
+    with pytest.raises(torch.OutOfMemoryError, match="evaluating batches of .* Lower the evaluation batch") as info:
+        evaluate(model, load_split("val", 32, progress=False), tiny_mode(), progress=False)
+    assert "Tried to allocate" in str(info.value.__cause__)  # torch's own message is kept
+
+
+def test_training_refuses_a_batch_of_one(devkit):
+    with pytest.raises(ValueError, match="batch of at least 2 .got 1.: BatchNorm"):
+        train(tiny_model(), load_split("train", 32, progress=False), tiny_mode(batch=1), progress=False)
 
 
 def test_mode_selection(monkeypatch):

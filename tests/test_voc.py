@@ -77,6 +77,22 @@ def test_missing_image_or_mask_is_named(devkit):
         voc.read_sample(devkit, "2007_train001")
 
 
+def test_loading_a_split_with_a_half_missing_id_names_the_file(devkit):
+    (devkit / "VOC2012/SegmentationClass/2007_train002.png").unlink()
+    with pytest.raises(DatasetNotFound, match=r"2007_train002.png is listed in the split file but missing, while "
+                                              r"its image is there.*remove 2007_train002 from train.txt"):
+        voc.load_split("train", 32, progress=False)
+
+
+def test_a_partial_copy_is_used_and_said(devkit, capsys):
+    for i in (1, 3):  # both files gone: these ids are simply not in this copy
+        (devkit / f"VOC2012/JPEGImages/2007_train00{i}.jpg").unlink()
+        (devkit / f"VOC2012/SegmentationClass/2007_train00{i}.png").unlink()
+    split = voc.load_split("train", 32, progress=False)
+    assert split.ids == ["2007_train000", "2007_train002", "2007_train004", "2007_train005"]
+    assert "train: 4 of the 6 ids in train.txt have files under" in capsys.readouterr().out
+
+
 def test_corrupt_jpeg_is_reported(devkit):
     path = devkit / "VOC2012/JPEGImages/2007_train000.jpg"
     path.write_bytes(path.read_bytes()[:200])

@@ -12,8 +12,8 @@ from seglab.heads.aspp import ASPP
 
 class DeepLabV3PlusHead(nn.Module):
     """Separable ASPP on the deep level (C5), then a light decoder that fuses the shallow level (C2): logits at
-    C2's stride. ``c1_in_channels=0`` drops the C2 projection (as in mmsegmentation): the refinement convs then
-    run on the ASPP output, and the logits stay at C5's stride."""
+    C2's stride. ``c1_in_channels=0`` drops the C2 projection (mmsegmentation allows this only with
+    ``c1_channels=0`` too): the refinement convs then run on the ASPP output, and the logits stay at C5's stride."""
 
     def __init__(self, in_channels=2048, channels=512, num_classes=21, dilations=(1, 12, 24, 36),
                  c1_in_channels=256, c1_channels=48, in_index=3, c1_index=0, dropout=0.1):

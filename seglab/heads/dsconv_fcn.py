@@ -14,7 +14,7 @@ def dsconv(in_channels, out_channels, kernel_size=3, dw_relu=False):
     linear, as in mmsegmentation's head (``dw_act_cfg=None``)."""
     block = DepthwiseSeparableConv(in_channels, out_channels, kernel_size)  # [depthwise CBR, pointwise CBR]
     if not dw_relu:
-        block[0][2] = nn.Identity()  # drop the depthwise ReLU; Identity keeps the block's state_dict keys
+        block[0][2] = nn.Identity()  # drop the depthwise ReLU; Identity keeps the block's indexing
     return block
 
 

@@ -44,7 +44,10 @@ class FPN(nn.Module):
         def conv(c_in, kernel_size):
             if norm:
                 return ConvBNReLU(c_in, out_channels, kernel_size)
-            return nn.Conv2d(c_in, out_channels, kernel_size, padding=kernel_size // 2)
+            plain = nn.Conv2d(c_in, out_channels, kernel_size, padding=kernel_size // 2)
+            nn.init.xavier_uniform_(plain.weight)  # mmseg's FPN neck initialisation
+            nn.init.zeros_(plain.bias)
+            return plain
 
         self.lateral_convs = nn.ModuleList([conv(c, 1) for c in self.in_channels])
         self.fpn_convs = nn.ModuleList([conv(out_channels, 3) for _ in self.in_channels])

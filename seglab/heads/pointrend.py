@@ -44,6 +44,11 @@ class PointHead(nn.Module):
             self.fcs.append(nn.Sequential(nn.Conv1d(c_in, channels, 1), nn.ReLU()))
             c_in = channels + (num_classes if coarse_pred_each_layer else 0)
         self.fc_seg = nn.Conv1d(c_in, num_classes, 1)
+        for fc in self.fcs:  # mmseg's initialisation: Kaiming for the MLP (ConvModule), small normal for fc_seg
+            nn.init.kaiming_normal_(fc[0].weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(fc[0].bias)
+        nn.init.normal_(self.fc_seg.weight, std=0.01)
+        nn.init.zeros_(self.fc_seg.bias)
 
     def forward(self, fine, coarse):  # (b, c, n) fine-grained features and (b, k, n) coarse logits at n points
         x = torch.cat([fine, coarse], dim=1)  # (b, c + k, n)

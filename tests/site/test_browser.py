@@ -75,7 +75,7 @@ def test_chapter_page_loads_cleanly_with_images_math_and_widgets(browser, server
         page.wait_for_selector("mjx-container", timeout=10_000)
         assert page.locator("mjx-container").count() > 0
     if has_widgets(page_file):
-        # attached, not visible: a finished tqdm bar with leave=False is rendered with visibility: hidden
+        # attached, not visible: some views are hidden by design (the unselected children of a Stack)
         page.wait_for_selector(".jupyter-widgets", state="attached", timeout=10_000)
         assert page.locator(".jupyter-widgets:visible").count() > 0, f"{page_file}: no widget is visible"
         assert "interactive(children=" not in page.inner_text("main"), "a widget was shown as raw text"

@@ -88,9 +88,11 @@ def test_chapter_page_loads_cleanly_with_images_math_and_widgets(browser, server
         page.locator(".jupyter-widgets .widget-slider .noUi-handle, .jupyter-widgets .widget-slider [role=slider]"
                      ).first.focus()
         page.keyboard.press("ArrowRight")  # the slider is linked to the views in the page itself (jslink)
-        page.wait_for_timeout(300)
-        after = page.eval_on_selector_all(".jupyter-widgets .widget-image", shown)
-        assert len(before) == len(after) == 1 and before != after, f"{page_file}: the slider does not change the view"
+        changed = (f"() => {{ const src = Array.from(document.querySelectorAll('.jupyter-widgets .widget-image'))"
+                   f".filter(i => i.offsetParent !== null && i.naturalWidth > 0).map(i => i.src);"
+                   f" return src.length === 1 && src[0] !== {json.dumps(before[0] if before else '')}; }}")
+        assert len(before) == 1, f"{page_file}: the prediction browser should show one view, shows {len(before)}"
+        page.wait_for_function(changed, timeout=5_000)  # fails with a timeout if the slider does not change the view
     colab = page.eval_on_selector_all("a[href*='colab.research.google.com']", "els => els.map(a => a.href)")
     assert colab and all(h.endswith(f"/blob/main/{page_file}.ipynb") for h in colab), colab
     if page_file == chapter_pages()[1]:

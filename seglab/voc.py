@@ -168,8 +168,8 @@ def read_sample(devkit, id_):
 def local_ids(devkit, split):
     """The ids of a split whose image and mask are present on disk (the default subset). A listed id with neither
     file is simply not in this copy; an id with only one of the two means a damaged copy, and is refused."""
-    ids = []
-    for i in read_ids(devkit, split):
+    listed, ids = read_ids(devkit, split), []
+    for i in listed:
         image, mask = image_path(devkit, i).is_file(), mask_path(devkit, i).is_file()
         if image != mask:
             missing = mask_path(devkit, i) if image else image_path(devkit, i)
@@ -178,6 +178,8 @@ def local_ids(devkit, split):
                                   f"or remove {i} from {split}.txt.")
         if image:
             ids.append(i)
+    if ids and len(ids) < len(listed):  # a partial copy: say so, never shrink the data silently
+        print(f"{split}: {len(ids)} of the {len(listed)} ids in {split}.txt have files under {devkit}; using those.")
     return ids
 
 
@@ -237,9 +239,6 @@ def load_split(split, image_size, root=None, size=None, seed=0, progress=True):
     ids = local_ids(devkit, split) if size is None else balanced_subset(devkit, split, size, seed)
     if not ids:
         raise DatasetNotFound(f"No {split} image has both its JPEG and its mask under {devkit}.")
-    listed = len(read_ids(devkit, split))
-    if size is None and len(ids) < listed:  # a partial copy: say so, never shrink the data silently
-        print(f"{split}: {len(ids)} of the {listed} ids in {split}.txt have files under {devkit}; using those.")
     images = torch.zeros(len(ids), 3, image_size, image_size, dtype=torch.uint8)
     masks = torch.full((len(ids), image_size, image_size), IGNORE, dtype=torch.uint8)
     sizes = torch.zeros(len(ids), 2, dtype=torch.long)

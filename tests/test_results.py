@@ -1,6 +1,7 @@
 import json
 import re
 import subprocess
+from importlib import metadata
 
 from seglab import mode, results
 from seglab.profile import Profile
@@ -39,8 +40,11 @@ def test_code_version_says_when_the_commit_is_unknown(monkeypatch):
     def no_git(*args, **kwargs):
         raise FileNotFoundError("git")
 
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
     monkeypatch.setattr(subprocess, "run", no_git)
-    monkeypatch.setattr("importlib.metadata.distribution", lambda name: (_ for _ in ()).throw(LookupError(name)))
+    monkeypatch.setattr(metadata, "distribution", not_installed)
     assert results.code_version().endswith("@ unknown commit (not a git checkout)")
 
 

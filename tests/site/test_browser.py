@@ -83,16 +83,15 @@ def test_chapter_page_loads_cleanly_with_images_math_and_widgets(browser, server
         page.wait_for_selector(".jupyter-widgets .widget-slider", timeout=10_000)
         views = page.eval_on_selector_all(".jupyter-widgets img", "els => els.filter(i => i.naturalWidth > 0).length")
         assert views > 0, f"{page_file}: the prediction browser shows no image"
-        shown = "els => els.filter(i => i.offsetParent !== null && i.naturalWidth > 0).map(i => i.src)"
-        before = page.eval_on_selector_all(".jupyter-widgets .widget-image", shown)
+        shown = ("() => Array.from(document.querySelectorAll('.jupyter-widgets .widget-image'))"
+                 ".filter(i => i.offsetParent !== null && i.naturalWidth > 0).map(i => i.src)")
+        before = page.evaluate(shown)
+        assert len(before) == 1, f"{page_file}: the prediction browser should show one view, shows {len(before)}"
         page.locator(".jupyter-widgets .widget-slider .noUi-handle, .jupyter-widgets .widget-slider [role=slider]"
                      ).first.focus()
         page.keyboard.press("ArrowRight")  # the slider is linked to the views in the page itself (jslink)
-        changed = (f"() => {{ const src = Array.from(document.querySelectorAll('.jupyter-widgets .widget-image'))"
-                   f".filter(i => i.offsetParent !== null && i.naturalWidth > 0).map(i => i.src);"
-                   f" return src.length === 1 && src[0] !== {json.dumps(before[0] if before else '')}; }}")
-        assert len(before) == 1, f"{page_file}: the prediction browser should show one view, shows {len(before)}"
-        page.wait_for_function(changed, timeout=5_000)  # fails with a timeout if the slider does not change the view
+        changed = f"before => {{ const src = ({shown})(); return src.length === 1 && src[0] !== before; }}"
+        page.wait_for_function(changed, arg=before[0], timeout=5_000)  # times out if the view does not change
     colab = page.eval_on_selector_all("a[href*='colab.research.google.com']", "els => els.map(a => a.href)")
     assert colab and all(h.endswith(f"/blob/main/{page_file}.ipynb") for h in colab), colab
     if page_file == chapter_pages()[1]:

@@ -10,7 +10,7 @@ export SEGLAB_MODE="${SEGLAB_MODE:-quick}"
 export MPLBACKEND=Agg
 # results written by the notebooks go to a scratch copy, so a test run never rewrites the book's records
 export SEGLAB_RESULTS="$(mktemp -d)"
-cp book/results/*.json "$SEGLAB_RESULTS"/ 2>/dev/null || true
+cp -r book/results/. "$SEGLAB_RESULTS"/
 
 python -m pytest tests --ignore=tests/site -q -p no:cacheprovider
 for notebook in chapters/*.ipynb; do  # one at a time, to report the seconds each chapter takes

@@ -172,8 +172,13 @@ def build(block, depths, name, output_stride, pretrained, frozen, multi_grid=Non
 
 
 def create(name, output_stride=8, pretrained=False, frozen=False, multi_grid=None):
-    """Backbone by name: ``"resnet18"`` or ``"resnet50"``."""
+    """Backbone by name: ``"resnet18"``, ``"resnet50"`` or ``"efficientnet_lite0"`` (see ``seglab.efficientnet``)."""
+    if name == "efficientnet_lite0":
+        if multi_grid:
+            raise ValueError("multi_grid is a ResNet option; EfficientNet-Lite0 has no multi-grid.")
+        from seglab.efficientnet import efficientnet_lite0
+        return efficientnet_lite0(output_stride, pretrained, frozen)
     builders = {"resnet18": resnet18, "resnet50": resnet50}
     if name not in builders:
-        raise ValueError(f"Unknown backbone {name!r}; choose one of {sorted(builders)}.")
+        raise ValueError(f"Unknown backbone {name!r}; choose one of {sorted(builders) + ['efficientnet_lite0']}.")
     return builders[name](output_stride, pretrained, frozen, multi_grid)

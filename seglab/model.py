@@ -13,6 +13,15 @@ def seg_loss(logits, masks):
     return F.cross_entropy(logits, masks, ignore_index=IGNORE)
 
 
+def head_losses(head, features, masks):
+    """A head's training losses, by name. A head that trains with more than its logits' cross-entropy (PointRend's
+    point loss, EncNet's SE-loss, DANet's extra heads) defines ``losses(features, masks)`` returning such a dict;
+    any other head is trained with the cross-entropy of its logits resized to the masks."""
+    if hasattr(head, "losses"):
+        return head.losses(features, masks)
+    return {"ce": seg_loss(resize(head(features), masks.shape[-2:]), masks)}
+
+
 class Segmentor(nn.Module):
     """``forward(images)`` gives logits (b, classes, H, W) at the image size.
 
@@ -37,16 +46,19 @@ class Segmentor(nn.Module):
                              f"{stride}x{stride} (in practice much larger).")
         return images
 
-    def loss(self, images, masks):
-        """Training loss: the head's cross-entropy plus ``aux_weight`` times the auxiliary head's."""
+    def losses(self, images, masks):
+        """Training losses by name: the head's (see ``head_losses``) and ``aux_weight`` times the auxiliary head's."""
         if masks.shape[-2:] != images.shape[-2:] or masks.shape[0] != images.shape[0]:
             raise ValueError(f"Masks {tuple(masks.shape)} do not match images {tuple(images.shape)}.")
         features = self.backbone(self.check(images))
-        size = images.shape[-2:]
-        loss = seg_loss(resize(self.head(features), size), masks)
+        losses = head_losses(self.head, features, masks)
         if self.aux_head is not None:
-            loss = loss + self.aux_weight * seg_loss(resize(self.aux_head(features), size), masks)
-        return loss
+            losses["aux"] = self.aux_weight * seg_loss(resize(self.aux_head(features), images.shape[-2:]), masks)
+        return losses
+
+    def loss(self, images, masks):
+        """The total training loss."""
+        return sum(self.losses(images, masks).values())
 
 
 def auxiliary_head(backbone, num_classes):

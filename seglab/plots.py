@@ -6,6 +6,8 @@ import torch
 
 from seglab.voc import CLASSES, IGNORE, PALETTE
 
+plt.rcParams["figure.autolayout"] = True  # the book's figures are laid out tightly (no tight_layout() per figure)
+
 
 def colorize(mask):
     """Class map (H, W) -> RGB uint8 (H, W, 3) in the VOC palette (void is cream-white)."""
@@ -27,6 +29,14 @@ def legend(ax, classes_present):
     handles = [plt.Rectangle((0, 0), 1, 1, color=PALETTE[c] / 255, ec="0.6", lw=0.5) for c in classes_present]
     names = ["void" if c == IGNORE else CLASSES[c] for c in classes_present]
     ax.legend(handles, names, loc="center left", bbox_to_anchor=(1, 0.5), fontsize=8, frameon=False)
+
+
+def panel(ax, image, title=None, fontsize=9):
+    """An image in a grid of panels: no axes, an optional title."""
+    ax.imshow(image)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=fontsize)
 
 
 def show_predictions(samples, predictions=None, titles=("image", "ground truth", "prediction"), size=2.6):
@@ -63,26 +73,32 @@ def plot_history(history, title="training"):
     return fig
 
 
-def prediction_browser(model, split, count=None, device="cpu"):
-    """An ipywidgets slider over validation images showing image, ground truth and prediction.
+def prediction_browser(split, predictions, count=16):
+    """An ipywidgets slider over validation images showing image, ground truth and prediction. ``predictions`` are
+    class maps on the split's padded canvas (n, S, S), as ``evaluate`` returns them.
 
     Each view is rendered once to a JPEG, and the slider is linked to a ``Stack`` of them in the browser
     (``jslink``): no kernel callback, so it also works in the static book, offline. Without ipywidgets it falls
     back to a static grid of the first four images."""
     import io
 
-    from seglab.train import predict
-    count = len(split) if count is None else min(count, len(split))
-    predictions = [predict(model, split[i][0], device) for i in range(count)]
+    count = min(count, len(split), len(predictions))
+
+    def sample(i):  # the image without its canvas padding, its mask and the prediction cropped alike
+        h, w = split.sizes[i].tolist()
+        return split[i], predictions[i, :h, :w].long()
+
     try:
         import ipywidgets as widgets
     except ImportError:
         print("ipywidgets is not installed: showing a static figure instead.")
-        return show_predictions([split[i] for i in range(min(4, count))], predictions[:4])
+        shown = [sample(i) for i in range(min(4, count))]
+        return show_predictions([s for s, _ in shown], [p for _, p in shown])
 
     views = []
     for i in range(count):
-        fig = show_predictions([split[i]], [predictions[i]], size=2.6)
+        truth, prediction = sample(i)
+        fig = show_predictions([truth], [prediction], size=2.6)
         fig.suptitle(f"validation image {split.ids[i]} ({i + 1} of {count})", y=1.0)
         buffer = io.BytesIO()
         fig.savefig(buffer, format="jpeg", dpi=72, bbox_inches="tight", pil_kwargs={"quality": 80})
@@ -92,6 +108,28 @@ def prediction_browser(model, split, count=None, device="cpu"):
     slider = widgets.IntSlider(min=0, max=count - 1, value=0, description="image")
     widgets.jslink((slider, "value"), (stack, "selected_index"))
     return widgets.VBox([slider, stack])
+
+
+def plot_class_iou(iou, title="IoU per class", reference=None, reference_label="reference"):
+    """Bars of per-class IoU (%) in the VOC palette; classes absent from truth and prediction (NaN) are marked.
+    ``reference`` (another run's per-class IoU) is drawn as black ticks over the bars."""
+    values = np.array([np.nan if v is None else v for v in iou], dtype=float) * 100
+    fig, ax = plt.subplots(figsize=(12, 3.2))
+    x = np.arange(len(CLASSES))
+    ax.bar(x, np.nan_to_num(values), color=PALETTE[: len(CLASSES)] / 255, edgecolor="0.3", linewidth=0.5)
+    for i in np.flatnonzero(np.isnan(values)):
+        ax.annotate("n/a", (i, 1), ha="center", fontsize=7, color="0.4")
+    if reference is not None:
+        ref = np.array([np.nan if v is None else v for v in reference], dtype=float) * 100
+        ax.scatter(x, ref, marker="_", s=250, color="k", linewidths=2, label=reference_label, zorder=3)
+        ax.legend(loc="upper right", fontsize=8, frameon=False)
+    ax.set_xticks(x, CLASSES, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{title} (mean {np.nanmean(values):.1f}%)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
 def plot_comparison(table, columns=("params (M)", "GFLOPs", "activations (MiB)", "mIoU (%)"), title=None):

@@ -6,6 +6,7 @@ handles count convolutions, matrix products, norms and resizes; here handles are
 """
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -16,6 +17,23 @@ from torch.utils import benchmark
 # ResNet-50-D8 features of one 512x512 image: C2..C5. With 21 VOC classes, the setting of every chapter.
 STANDARD_SHAPES = ((1, 256, 128, 128), (1, 512, 64, 64), (1, 1024, 64, 64), (1, 2048, 64, 64))
 STANDARD_CLASSES = 21
+
+
+@contextmanager
+def shapes_printed(modules, width=10):
+    """While the block runs, print what each of the named ``modules`` ({name: module}) returns: the shape walk."""
+    def hook(name):
+        def show(module, inputs, output):
+            shape = [tuple(o.shape) for o in output] if isinstance(output, (list, tuple)) else tuple(output.shape)
+            print(f"{name:{width}s} -> {shape}")
+        return show
+
+    hooks = [module.register_forward_hook(hook(name)) for name, module in modules.items()]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def standard_features(device="cpu", shapes=STANDARD_SHAPES, seed=0):
@@ -50,6 +68,26 @@ ELEMENTWISE = ("aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::div"
 
 def count_parameters(module):
     return int(parameter_count(module)[""])
+
+
+def check_parameters(module, by_hand, reference, what):
+    """Print ``module``'s parameter count beside the count by hand and the reference implementation's, and stop
+    (AssertionError) unless the three agree."""
+    counted = count_parameters(module)
+    print(f"{what} parameters: {counted:,} (by hand: {by_hand:,}; the reference: {reference:,})")
+    if not counted == by_hand == reference:
+        raise AssertionError(f"{what}: counted {counted:,}, by hand {by_hand:,}, reference {reference:,}: they must agree")
+
+
+def conv_params(c_in, c_out, k=1, groups=1):
+    """Parameters of a k x k convolution with a bias and no norm (for counting a head layer by layer)."""
+    return c_in // groups * c_out * k * k + c_out
+
+
+def conv_bn_params(c_in, c_out, k=1, groups=1):
+    """Parameters of mmcv's ``ConvModule`` with BatchNorm: a k x k convolution without bias, then BatchNorm's weight
+    and bias per channel (its running statistics are buffers, not parameters)."""
+    return c_in // groups * c_out * k * k + 2 * c_out
 
 
 def count_flops(module, inputs):

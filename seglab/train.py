@@ -1,4 +1,5 @@
-"""A small training loop (SGD or AdamW, poly schedule, AMP on CUDA), evaluation and single-image prediction."""
+"""Training and evaluation for both protocols (a head on cached features, or a whole segmentor end to end): one
+loop (SGD or AdamW, poly schedule, AMP on CUDA), confusion-matrix scores, and single-image prediction."""
 
 import math
 import random
@@ -9,7 +10,9 @@ import torch
 from tqdm.auto import tqdm
 
 from seglab.augment import eval_batches, normalize, train_batches
+from seglab.blocks import resize
 from seglab.metrics import confusion_matrix, scores
+from seglab.model import head_losses
 
 
 def seed_everything(seed=0):
@@ -32,30 +35,60 @@ def make_optimizer(model, name, lr, weight_decay=None):
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {name!r}.")
 
 
-def train(model, split, mode, seed=0, optimizer="sgd", lr=None, progress=True):
-    """Train ``model`` on ``split`` for ``mode.iters`` iterations of ``mode.batch`` random crops.
+def train(model, split, mode, seed=0, optimizer=None, lr=None, progress=True):
+    """End-to-end training (brief mode): ``model`` (a ``Segmentor``) on ``mode.iters`` batches of ``mode.batch``
+    random crops of ``split``. Returns the history: per iteration the losses, learning rate, elapsed seconds and
+    images per second."""
+    check_batch(mode.batch)
+    model.to(mode.device).train()
+    batches = train_batches(split, mode.batch, mode.iters, mode.crop, mode.device, seed)
+    return fit(model, batches, lambda batch: model.losses(*batch), mode, optimizer, lr, progress)
 
-    Returns the history: per iteration the loss, learning rate, elapsed seconds and images per second."""
-    device, lr = mode.device, lr or mode.lr
-    if mode.batch < 2:
-        raise ValueError(f"Training needs a batch of at least 2 (got {mode.batch}): BatchNorm cannot normalise the "
+
+def train_head(head, features, mode, seed=0, optimizer=None, lr=None, progress=True):
+    """The quick protocol: ``head`` alone, trained on cached backbone ``features`` (a ``FeatureSet``) for
+    ``mode.iters`` batches of ``mode.batch`` samples, drawn in seeded epochs, each a random ``mode.crop`` window
+    (whole canvases if ``mode.crop`` is None). Same history as ``train``."""
+    check_batch(mode.batch)
+    head.to(mode.device).train()
+    generator, order = torch.Generator().manual_seed(seed), []
+
+    def batches():
+        nonlocal order
+        for _ in range(mode.iters):
+            while len(order) < mode.batch:
+                order += torch.randperm(len(features), generator=generator).tolist()
+            index, order = torch.tensor(order[:mode.batch]), order[mode.batch:]
+            yield (features.batch(index, mode.device) if mode.crop is None
+                   else features.crops(index, mode.crop, generator, mode.device))
+
+    return fit(head, batches(), lambda batch: head_losses(head, *batch), mode, optimizer, lr, progress)
+
+
+def check_batch(batch):
+    if batch < 2:
+        raise ValueError(f"Training needs a batch of at least 2 (got {batch}): BatchNorm cannot normalise the "
                          "single value per channel of pooled branches (PPM, ASPP's image pool) at batch 1. Use "
                          "dataclasses.replace(MODE, batch=2) or more.")
-    model.to(device).train()
-    opt = make_optimizer(model, optimizer, lr)
-    amp = device.startswith("cuda")
+
+
+def fit(module, batches, losses_of, mode, optimizer=None, lr=None, progress=True):
+    """The loop shared by both protocols: poly schedule, AMP on CUDA, a finite-loss check, clear OOM errors."""
+    lr = lr or mode.lr
+    opt = make_optimizer(module, optimizer or mode.optimizer, lr)
+    amp = mode.device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    history = {"loss": [], "lr": [], "time": [], "images_per_s": []}
+    history = {"loss": [], "lr": [], "time": [], "images_per_s": [], "terms": {}}
     start = time.perf_counter()
-    batches = train_batches(split, mode.batch, mode.iters, mode.crop, device, seed)
     bar = tqdm(batches, total=mode.iters, desc="training", disable=not progress)
-    for it, (images, masks) in enumerate(bar):
+    for it, batch in enumerate(bar):
         for group in opt.param_groups:
             group["lr"] = poly_lr(lr, it, mode.iters)
         tick = time.perf_counter()
         try:
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-                loss = model.loss(images, masks)
+                losses = losses_of(batch)
+                loss = sum(losses.values())
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"The loss became {loss.item()} at iteration {it + 1} of {mode.iters} "
                                          f"(lr {opt.param_groups[0]['lr']:.2e}); training stopped. Try a smaller "
@@ -66,13 +99,16 @@ def train(model, split, mode, seed=0, optimizer="sgd", lr=None, progress=True):
             scaler.update()
         except torch.OutOfMemoryError as error:
             raise torch.OutOfMemoryError(
-                f"CUDA ran out of memory at iteration {it + 1} with batch {mode.batch} and crop "
-                f"{mode.crop}x{mode.crop}. Lower the batch size or the crop (the two knobs of the mode), e.g. "
+                f"CUDA ran out of memory at iteration {it + 1} with batch {mode.batch}"
+                + (f" and crop {mode.crop}x{mode.crop}" if mode.crop else "") + ". Lower the batch size"
+                + (" or the crop (the two knobs of the mode)" if mode.crop else "") + ", e.g. "
                 f"MODE = dataclasses.replace(MODE, batch={max(2, mode.batch // 2)}).") from error
         if amp:
             torch.cuda.synchronize()
         now = time.perf_counter()
         history["loss"].append(loss.item())
+        for name, value in losses.items():
+            history["terms"].setdefault(name, []).append(value.item())
         history["lr"].append(opt.param_groups[0]["lr"])
         history["time"].append(now - start)
         history["images_per_s"].append(mode.batch / (now - tick))
@@ -82,23 +118,40 @@ def train(model, split, mode, seed=0, optimizer="sgd", lr=None, progress=True):
 
 @torch.no_grad()
 def evaluate(model, split, mode, num_classes=21, progress=True):
-    """mIoU, per-class IoU and pixel accuracy over ``mode.val_images`` validation images (all if None)."""
+    """End-to-end evaluation: mIoU, per-class IoU and pixel accuracy over ``mode.val_images`` validation images
+    (all if None), with the class map of each image (on its padded canvas, uint8) under ``predictions``."""
     model.to(mode.device).eval()
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     n = len(split) if mode.val_images is None else min(mode.val_images, len(split))
     batches = eval_batches(split, mode.eval_batch, mode.device, limit=n)
-    for images, masks in tqdm(batches, total=math.ceil(n / mode.eval_batch), desc="evaluating",
+    return confusion_scores(lambda images: model(images), batches, n, mode, num_classes, progress)
+
+
+@torch.no_grad()
+def evaluate_head(head, features, mode, num_classes=21, progress=True):
+    """Evaluation on cached features: the head's logits resized to the canvas, scored like ``evaluate``."""
+    head.to(mode.device).eval()
+    n = len(features) if mode.val_images is None else min(mode.val_images, len(features))
+    batches = (features.batch(slice(s, min(s + mode.eval_batch, n)), mode.device)
+               for s in range(0, n, mode.eval_batch))
+    size = features.masks.shape[-2:]  # the canvas: logits are resized to it, as the Segmentor does to the image
+    return confusion_scores(lambda f: resize(head(f), size), batches, n, mode, num_classes, progress)
+
+
+def confusion_scores(logits_of, batches, n, mode, num_classes, progress):
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    predictions = []
+    for inputs, masks in tqdm(batches, total=math.ceil(n / mode.eval_batch), desc="evaluating",
                               disable=not progress):
         try:
             with torch.autocast("cuda", dtype=torch.float16, enabled=mode.device.startswith("cuda")):
-                pred = model(images).max(1).indices  # max().indices: much faster than argmax on CPU
+                pred = logits_of(inputs).max(1).indices  # max().indices: much faster than argmax on CPU
         except torch.OutOfMemoryError as error:
             raise torch.OutOfMemoryError(
-                f"CUDA ran out of memory evaluating batches of {mode.eval_batch} images of "
-                f"{images.shape[-2]}x{images.shape[-1]}. Lower the evaluation batch, e.g. "
+                f"CUDA ran out of memory evaluating batches of {mode.eval_batch}. Lower the evaluation batch, e.g. "
                 f"MODE = dataclasses.replace(MODE, eval_batch={max(1, mode.eval_batch // 2)}).") from error
         confusion += confusion_matrix(pred, masks, num_classes)
-    return {**scores(confusion), "images": n}
+        predictions.append(pred.to(torch.uint8).cpu())
+    return {**scores(confusion), "images": n, "predictions": torch.cat(predictions)}
 
 
 @torch.no_grad()

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from seglab.heads.fpn import SemanticFPN
-from seglab.heads.pointrend import PointHead, PointRend, PointRendSegmentor, point_sample, uncertainty
-from seglab.model import Segmentor
+from seglab.heads.pointrend import PointHead, PointRend, point_sample, uncertainty
+from seglab.model import Segmentor, head_losses, seg_loss
 from seglab.profile import count_parameters
 
 
@@ -110,21 +110,23 @@ def test_training_points_mix_uncertain_and_random():
     assert important.mean() < (points[:, 30:, 0] - 0.5).abs().mean()  # the 75% chosen by uncertainty sit near the edge
 
 
-def test_segmentor_loss_adds_the_point_loss_and_gradients_reach_every_parameter():
+def test_losses_add_the_point_loss_and_gradients_reach_every_parameter():
     from seglab.backbone import create
+    from seglab.blocks import resize
     torch.manual_seed(0)
     backbone = create("resnet18", output_stride=32)
-    model = PointRendSegmentor(backbone, PointRend(in_channels=backbone.channels, neck_channels=8, channels=6,
-                                                   point_channels=10, num_classes=5, train_points=32,
-                                                   subdivision_points=50))
+    model = Segmentor(backbone, PointRend(in_channels=backbone.channels, neck_channels=8, channels=6,
+                                          point_channels=10, num_classes=5, train_points=32, subdivision_points=50))
     images = torch.randn(2, 3, 64, 64)
     masks = torch.randint(0, 5, (2, 64, 64))
     masks[:, :, :8] = 255
     model.train()
-    loss = model.loss(images, masks)
-    plain = Segmentor.loss(model, images, masks)  # the coarse head's cross-entropy only
-    assert loss.item() > plain.item()
-    loss.backward()
+    losses = model.losses(images, masks)  # the Segmentor asks the head for its losses (seglab.model.head_losses)
+    assert set(losses) == {"coarse", "points"}
+    features = backbone(images)
+    assert torch.isclose(losses["coarse"], seg_loss(resize(model.head(features), (64, 64)), masks))
+    assert set(head_losses(model.head, features, masks)) == {"coarse", "points"}
+    model.loss(images, masks).backward()
     missing = [n for n, p in model.head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, f"no gradient reached {missing}"
     model.eval()

@@ -38,23 +38,13 @@ def test_figures_have_the_panels_they_promise():
     assert len(plots.plot_comparison(table).axes) == 4
 
 
-class Constant(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(1))
-
-    def forward(self, images):
-        logits = torch.zeros(images.shape[0], 21, *images.shape[-2:])
-        logits[:, 7] = 1
-        return logits
-
-
 def test_prediction_browser_links_a_slider_to_one_rendered_view_per_image(devkit):
     import ipywidgets as widgets
 
     from seglab.voc import load_split
     split = load_split("val", 32, progress=False)
-    browser = plots.prediction_browser(Constant(), split, count=3)
+    predictions = torch.full((len(split), 32, 32), 7, dtype=torch.uint8)  # "car" everywhere, on the canvas
+    browser = plots.prediction_browser(split, predictions, count=3)
     slider, stack = browser.children
     assert isinstance(slider, widgets.IntSlider) and (slider.min, slider.max) == (0, 2)
     assert isinstance(stack, widgets.Stack) and len(stack.children) == 3
@@ -63,6 +53,15 @@ def test_prediction_browser_links_a_slider_to_one_rendered_view_per_image(devkit
     from ipywidgets.widgets.widget_link import Link
     links = [w for w in widgets.Widget.widgets.values() if isinstance(w, Link)]
     assert any(link.source == (slider, "value") and link.target == (stack, "selected_index") for link in links)
+
+
+def test_class_iou_bars_mark_absent_classes_and_the_reference():
+    iou = [0.9, 0.5] + [float("nan")] * 19
+    fig = plots.plot_class_iou(iou, reference=[0.8, 0.1] + [None] * 19, reference_label="probe")
+    ax = fig.axes[0]
+    assert [round(p.get_height()) for p in ax.patches[:3]] == [90, 50, 0]
+    assert sum(t.get_text() == "n/a" for t in ax.texts) == 19 and "(mean 70.0%)" in ax.get_title()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["probe"]
 
 
 def test_sortable_table_is_self_contained_html():

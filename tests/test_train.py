@@ -59,7 +59,8 @@ def test_train_history_evaluate_and_predict(devkit):
     train_split, val_split = load_split("train", 32, progress=False), load_split("val", 32, progress=False)
     model = tiny_model()
     history = train(model, train_split, mode, progress=False)
-    assert set(history) == {"loss", "lr", "time", "images_per_s"} and len(history["loss"]) == 3
+    assert set(history) == {"loss", "lr", "time", "images_per_s", "terms"} and len(history["loss"]) == 3
+    assert set(history["terms"]) == {"ce", "aux"}  # the head's loss and the auxiliary head's, by name
     assert history["lr"][0] > history["lr"][-1] and all(t > 0 for t in history["time"])
     metrics = evaluate(model, val_split, mode, progress=False)
     assert 0 <= metrics["miou"] <= 1 and metrics["images"] == 4 and len(metrics["iou"]) == 21
@@ -92,7 +93,7 @@ def test_out_of_memory_names_batch_and_crop(devkit, monkeypatch):
     def boom(*args):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(model, "loss", boom)
+    monkeypatch.setattr(model, "losses", boom)
     with pytest.raises(torch.OutOfMemoryError, match="batch 2 and crop 24x24.*Lower the batch size or the crop"):
         train(model, load_split("train", 32, progress=False), tiny_mode(), progress=False)
 
@@ -125,4 +126,5 @@ def test_mode_selection(monkeypatch):
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         modes.current()
     monkeypatch.delenv("SEGLAB_MODE")
-    assert modes.current().name == "quick" and modes.quick().channels(512) == 128
+    assert modes.current().name == "quick" and modes.quick().channels(512) == 64
+    assert modes.quick().frozen and not modes.brief().frozen and "frozen" in modes.quick().describe()

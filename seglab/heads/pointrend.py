@@ -11,7 +11,7 @@ from torch import nn
 
 from seglab.blocks import resize
 from seglab.heads.fpn import FPN, FPNHead
-from seglab.model import Segmentor, seg_loss
+from seglab.model import seg_loss
 from seglab.voc import IGNORE
 
 
@@ -62,8 +62,8 @@ class PointHead(nn.Module):
 class PointRend(nn.Module):
     """Semantic FPN (neck + FPN head) as the coarse head, and a ``PointHead`` on the finest FPN level.
 
-    ``forward(features)``: in training mode, the coarse logits at stride 4 (the point loss needs the segmentor's
-    masks: see ``PointRendSegmentor``); in eval mode, the coarse logits refined by ``subdivision_steps`` rounds of
+    ``forward(features)``: in training mode, the coarse logits at stride 4 (training calls ``losses``, which needs
+    the masks); in eval mode, the coarse logits refined by ``subdivision_steps`` rounds of
     2x upsampling and re-predicting the ``subdivision_points`` most uncertain points."""
 
     def __init__(self, in_channels=(256, 512, 1024, 2048), neck_channels=256, channels=128, point_channels=256,
@@ -126,17 +126,9 @@ class PointRend(nn.Module):
             return point_logits.sum() * 0
         return seg_loss(point_logits, labels)
 
-
-class PointRendSegmentor(Segmentor):
-    """The Segmentor with PointRend's training loss: the coarse head's cross-entropy on the image, plus the point
-    head's on sampled points, plus the auxiliary head's. ``forward`` is the Segmentor's: in eval mode the head
-    refines by subdivision."""
-
-    def loss(self, images, masks):
-        features = self.backbone(self.check(images))  # the Segmentor's input checks
-        size = images.shape[-2:]
-        fine, coarse = self.head.coarse(features)
-        loss = seg_loss(resize(coarse, size), masks) + self.head.point_loss(fine, coarse, masks)
-        if self.aux_head is not None:
-            loss = loss + self.aux_weight * seg_loss(resize(self.aux_head(features), size), masks)
-        return loss
+    def losses(self, features, masks):
+        """Training losses by name (``seglab.model.head_losses`` calls this instead of the plain cross-entropy): the
+        coarse logits' cross-entropy on the whole image, and the point head's at the training points."""
+        fine, coarse = self.coarse(features)
+        return {"coarse": seg_loss(resize(coarse, masks.shape[-2:]), masks),
+                "points": self.point_loss(fine, coarse, masks)}

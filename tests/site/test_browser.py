@@ -79,7 +79,8 @@ def test_chapter_page_loads_cleanly_with_images_math_and_widgets(browser, server
         page.wait_for_selector(".jupyter-widgets", state="attached", timeout=10_000)
         assert page.locator(".jupyter-widgets:visible").count() > 0, f"{page_file}: no widget is visible"
         assert "interactive(children=" not in page.inner_text("main"), "a widget was shown as raw text"
-    if "prediction_browser(" in (ROOT / f"{page_file}.ipynb").read_text():  # slider linked to rendered views
+    source = (ROOT / f"{page_file}.ipynb").read_text()
+    if "prediction_browser(" in source or "chapter.show(" in source:  # a slider linked to rendered views
         page.wait_for_selector(".jupyter-widgets .widget-slider", timeout=10_000)
         views = page.eval_on_selector_all(".jupyter-widgets img", "els => els.filter(i => i.naturalWidth > 0).length")
         assert views > 0, f"{page_file}: the prediction browser shows no image"

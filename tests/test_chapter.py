@@ -1,0 +1,144 @@
+"""The chapter steps (prepare, fit, record, show, compare), the seed command, and the bound on copied chapter code."""
+
+import collections
+import dataclasses
+import json
+
+import matplotlib
+import nbformat
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from seglab import chapter, results, seeds  # noqa: E402
+from seglab import mode as modes  # noqa: E402
+from seglab.export import notebooks  # noqa: E402
+from seglab.heads.fcn import FCNHead  # noqa: E402
+from seglab.profile import Profile  # noqa: E402
+
+
+def tiny_quick():
+    return dataclasses.replace(modes.quick("cpu"), image_size=64, batch=2, iters=3, eval_batch=4, crop=48)
+
+
+@pytest.fixture
+def prepared(devkit, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGLAB_RESULTS", str(tmp_path / "results"))
+    return chapter.prepare(tiny_quick(), progress=False)
+
+
+def test_prepare_caches_the_frozen_backbones_features(prepared, capsys):
+    data = prepared
+    assert data.backbone.name == "efficientnet_lite0" and data.backbone.pretrained and data.backbone.frozen
+    assert data.channels == [24, 40, 112, 320] and data.strides == (4, 8, 16, 16)
+    assert len(data.train_features) == 2 * len(data.train_split)  # every image and its mirror
+    assert len(data.val_features) == len(data.val_split)
+    chapter.prepare(tiny_quick(), progress=True)
+    assert "loaded the train features" in capsys.readouterr().out  # the second time, from the cache
+
+
+def test_fit_record_and_rebuild(prepared, tmp_path):
+    run = chapter.fit(FCNHead, prepared, progress=False, in_channels=320, channels=8)
+    assert run.metrics["predictions"].shape == (len(prepared.val_split), 64, 64)
+    assert 0 <= run.metrics["miou"] <= 1 and len(run.history["loss"]) == 3
+    assert not any(p.requires_grad for p in run.model.backbone.parameters())
+    profile = Profile(params=1, flops=1, activation_bytes=1, latency_ms=1.0, device="cpu")
+    assert chapter.record(run, "FCN", chapter=2, profile=profile, reference={"channels": 512}) is None  # nothing shown
+    saved = json.loads((results.results_dir() / "fcn.quick.json").read_text())
+    assert saved["config"]["class"] == "seglab.heads.fcn.FCNHead" and saved["config"]["trained"]["channels"] == 8
+    assert chapter.build(saved) is FCNHead and saved["backbone"] == "efficientnet_lite0"
+    assert run.name == "FCN"  # the record's name, from then on
+    again = chapter.evaluate_run(run, progress=False)
+    assert again["miou"] == run.metrics["miou"]
+    ids = chapter.shown_ids(prepared.val_split)
+    assert sorted(saved["predictions"]) == sorted(prepared.val_split.ids[i] for i in ids)
+    first = ids[0]
+    h, w = prepared.val_split.sizes[first].tolist()
+    stored = chapter.mask_from_base64(saved["predictions"][prepared.val_split.ids[first]])
+    assert torch.equal(stored, run.metrics["predictions"][first, :h, :w].long())
+
+
+def test_a_head_defined_in_a_notebook_is_recorded_by_its_exported_class():
+    notebook_copy = type("FCNHead", (FCNHead,), {"__module__": "__main__"})
+    assert chapter.class_path(notebook_copy) == "seglab.heads.fcn.FCNHead"
+    stray = type("NotExported", (FCNHead,), {"__module__": "__main__"})
+    with pytest.raises(ValueError, match="not exported"):
+        chapter.class_path(stray)
+
+
+def test_fit_repeats_exactly_with_a_seed(prepared):
+    a = chapter.fit(FCNHead, prepared, seed=3, progress=False, in_channels=320, channels=8)
+    b = chapter.fit(FCNHead, prepared, seed=3, progress=False, in_channels=320, channels=8)
+    assert a.history["loss"] == b.history["loss"] and a.metrics["miou"] == b.metrics["miou"]
+
+
+def test_show_and_compare_draw_from_the_records(prepared, monkeypatch):
+    import ipywidgets as widgets
+    run = chapter.fit(FCNHead, prepared, progress=False, in_channels=320, channels=8)
+    profile = Profile(params=1, flops=1, activation_bytes=1, latency_ms=1.0, device="cpu")
+    chapter.record(run, "FCN", chapter=2, profile=profile, reference={})
+    shown = []
+    monkeypatch.setattr(matplotlib.pyplot, "show", lambda: shown.append(matplotlib.pyplot.gcf()))
+    browser = chapter.show(run, count=2)
+    assert isinstance(browser, widgets.VBox) and len(browser.children[1].children) == 2
+    assert shown and "IoU per class" in shown[-1].axes[0].get_title()
+    monkeypatch.setattr("IPython.display.display", lambda table: shown.append(table))
+    chapter.compare(run.data.mode, up_to=2)
+    assert list(shown[-2].index) == ["FCN"]
+
+
+def test_seed_command_rebuilds_the_head_from_its_record(prepared):
+    run = chapter.fit(FCNHead, prepared, progress=False, in_channels=320, channels=8)
+    profile = Profile(params=1, flops=1, activation_bytes=1, latency_ms=1.0, device="cpu")
+    chapter.record(run, "FCN", chapter=2, profile=profile, reference={})
+    paths = seeds.rerun("fcn", [1, 2], prepared)
+    loaded = seeds.load("quick")
+    assert [p.name for p in paths] == ["fcn.quick.seed1.json", "fcn.quick.seed2.json"]
+    assert [r["seed"] for r in loaded] == [1, 2] and all(r["head"] == "FCN" for r in loaded)
+    with pytest.raises(FileNotFoundError, match="run its chapter first"):
+        seeds.rerun("pspnet", [1], prepared)
+
+
+def test_brief_mode_never_trains_from_scratch_silently(monkeypatch):
+    from seglab import backbone
+    real = backbone.create
+
+    def offline(name, output_stride=8, pretrained=False, frozen=False, multi_grid=None):
+        net = real(name, output_stride=output_stride, pretrained=False, frozen=frozen)
+        if name == "efficientnet_lite0" and pretrained:
+            net.load_imagenet()
+        return net  # ResNet-50 stays without weights, as when the download fails
+
+    monkeypatch.setattr(chapter, "create", offline)
+    net, note = chapter.brief_backbone(modes.brief("cpu"))
+    assert net.name == "efficientnet_lite0" and net.pretrained and net.output_stride == 8
+    assert "could not be downloaded" in note and "EfficientNet-Lite0" in note
+
+
+SHARED_BOUND = 6
+
+
+def shared_chapter_lines():
+    """Code lines that appear in more than 3 chapters: imports, the setup cell, comments, blank lines and the lines
+    that only open a definition (``def``/``class`` headers, ``super().__init__()``) are not counted."""
+    where = collections.defaultdict(set)
+    for path in notebooks():
+        for cell in nbformat.read(path, as_version=4).cells[1:]:
+            if cell.cell_type != "code":
+                continue
+            in_import = False  # inside a parenthesised, multi-line import
+            for line in (raw.strip() for raw in cell.source.splitlines()):
+                if in_import or line.startswith("import ") or (line.startswith("from ") and " import " in line):
+                    in_import = line.count("(") > line.count(")") or (in_import and ")" not in line)
+                    continue
+                if not line or line.startswith(("#", "def ", "class ", "@")) or line == "super().__init__()":
+                    continue
+                where[line].add(path.name)
+    return {line: sorted(paths) for line, paths in where.items() if len(paths) > 3}
+
+
+def test_chapters_share_no_more_than_a_handful_of_lines():
+    shared = shared_chapter_lines()
+    assert len(shared) <= SHARED_BOUND, ("lines repeated in more than 3 chapters (make them one seglab call):\n"
+                                         + "\n".join(f"{len(p)}x {line}" for line, p in shared.items()))

@@ -73,7 +73,27 @@ def shortcut(in_channels, out_channels, stride):
     return nn.Sequential(*conv_bn(in_channels, out_channels, 1, stride))
 
 
-class ResNet(nn.Module):
+class Freezable:
+    """A backbone that can be frozen: ``freeze()`` stops its gradients and keeps its BatchNorm layers in eval mode
+    (frozen statistics), also after a later ``train()``."""
+
+    frozen = False
+
+    def freeze(self):
+        self.frozen = True
+        self.requires_grad_(False)
+        return self.train(self.training)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.frozen:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+
+class ResNet(Freezable, nn.Module):
     def __init__(self, block, depths, output_stride=8, name="resnet", multi_grid=None):
         super().__init__()
         if output_stride not in (8, 32):
@@ -138,19 +158,6 @@ class ResNet(nn.Module):
         self.pretrained = True
         return True
 
-    def freeze(self):
-        """Stop training the backbone: no gradients, and BatchNorm kept in eval mode (frozen statistics)."""
-        self.frozen = True
-        self.requires_grad_(False)
-        return self.train(self.training)
-
-    def train(self, mode=True):
-        super().train(mode)
-        if self.frozen:
-            for m in self.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.eval()
-        return self
 
 
 def resnet18(output_stride=8, pretrained=False, frozen=False, multi_grid=None):

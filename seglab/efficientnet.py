@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seglab.augment import MEAN, STD
+from seglab.backbone import Freezable
 
 SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"  # efficientnet-lite0-57934424.pth
 LITE_MEAN, LITE_STD = 127.0, 128.0  # Lite0 was trained on (x - 127) / 128, x on 0..255
@@ -75,7 +76,7 @@ def stage_plan(output_stride):
     return plan
 
 
-class EfficientNetLite0(nn.Module):
+class EfficientNetLite0(Freezable, nn.Module):
     name = "efficientnet_lite0"
 
     def __init__(self, output_stride=16):
@@ -122,20 +123,6 @@ class EfficientNetLite0(nn.Module):
         self.load_state_dict(load_checkpoint(path), strict=True)
         self.pretrained = True
         return True
-
-    def freeze(self):
-        """Stop training the backbone: no gradients, and BatchNorm kept in eval mode (frozen statistics)."""
-        self.frozen = True
-        self.requires_grad_(False)
-        return self.train(self.training)
-
-    def train(self, mode=True):
-        super().train(mode)
-        if self.frozen:
-            for m in self.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.eval()
-        return self
 
 
 def checkpoint_path():

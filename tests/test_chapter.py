@@ -142,3 +142,29 @@ def test_chapters_share_no_more_than_a_handful_of_lines():
     shared = shared_chapter_lines()
     assert len(shared) <= SHARED_BOUND, ("lines repeated in more than 3 chapters (make them one seglab call):\n"
                                          + "\n".join(f"{len(p)}x {line}" for line, p in shared.items()))
+
+
+def test_brief_mode_fine_tunes_the_whole_network_with_an_auxiliary_head(devkit, tmp_path, monkeypatch):
+    """The end-to-end path, small enough for a CPU: the fallback backbone is fine-tuned with the head."""
+    from seglab import backbone
+    real = backbone.create
+    monkeypatch.setenv("SEGLAB_RESULTS", str(tmp_path / "results"))
+
+    def offline(name, output_stride=8, pretrained=False, frozen=False, multi_grid=None):
+        net = real(name, output_stride=output_stride, pretrained=False, frozen=frozen)
+        if name == "efficientnet_lite0" and pretrained:
+            net.load_imagenet()
+        return net
+
+    monkeypatch.setattr(chapter, "create", offline)
+    mode = dataclasses.replace(modes.brief("cpu"), image_size=64, crop=48, batch=2, iters=2, eval_batch=4)
+    data = chapter.prepare(mode, progress=False)
+    assert data.train_features is None and "could not be downloaded" in data.note
+    before = {k: v.clone() for k, v in data.backbone.state_dict().items()}
+    run = chapter.fit(FCNHead, data, progress=False, in_channels=data.channels[-1], channels=8)
+    assert run.model.aux_head is not None and set(run.history["terms"]) == {"ce", "aux"}
+    changed = [k for k, v in run.model.backbone.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed, "the backbone was not fine-tuned"
+    assert all(torch.equal(v, before[k]) for k, v in data.backbone.state_dict().items()), \
+        "each run must fine-tune its own copy of the backbone"
+    assert run.metrics["predictions"].shape == (len(data.val_split), 64, 64)

@@ -71,14 +71,21 @@ def photometric_jitter(x, generator, brightness=20.0, contrast=0.2, saturation=0
     return x.clamp(0, 255)
 
 
-def train_batches(split, batch, iters, crop, device, seed=0):
-    """Yield ``iters`` augmented batches (images, masks) on ``device``, walking the split in seeded epochs."""
-    generator = torch.Generator().manual_seed(seed)
+def epoch_batches(n, batch, iters, generator):
+    """Yield ``iters`` index tensors of ``batch`` samples out of ``n``, walking seeded random epochs (a batch may
+    straddle two). Lazy: each epoch's permutation is drawn from ``generator`` when it is reached."""
     order = []
     for _ in range(iters):
         while len(order) < batch:
-            order += torch.randperm(len(split), generator=generator).tolist()
+            order += torch.randperm(n, generator=generator).tolist()
         index, order = torch.tensor(order[:batch]), order[batch:]
+        yield index
+
+
+def train_batches(split, batch, iters, crop, device, seed=0):
+    """Yield ``iters`` augmented batches (images, masks) on ``device``, walking the split in seeded epochs."""
+    generator = torch.Generator().manual_seed(seed)
+    for index in epoch_batches(len(split), batch, iters, generator):
         images = split.images[index].to(device, non_blocking=True)
         masks = split.masks[index].to(device, non_blocking=True)
         yield augment(images, masks, split.sizes[index], crop, generator)

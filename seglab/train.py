@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from seglab.augment import eval_batches, normalize, train_batches
+from seglab.augment import epoch_batches, eval_batches, normalize, train_batches
 from seglab.blocks import resize
 from seglab.metrics import confusion_matrix, scores
 from seglab.model import head_losses
@@ -51,18 +51,11 @@ def train_head(head, features, mode, seed=0, optimizer=None, lr=None, progress=T
     (whole canvases if ``mode.crop`` is None). Same history as ``train``."""
     check_batch(mode.batch)
     head.to(mode.device).train()
-    generator, order = torch.Generator().manual_seed(seed), []
-
-    def batches():
-        nonlocal order
-        for _ in range(mode.iters):
-            while len(order) < mode.batch:
-                order += torch.randperm(len(features), generator=generator).tolist()
-            index, order = torch.tensor(order[:mode.batch]), order[mode.batch:]
-            yield (features.batch(index, mode.device) if mode.crop is None
-                   else features.crops(index, mode.crop, generator, mode.device))
-
-    return fit(head, batches(), lambda batch: head_losses(head, *batch), mode, optimizer, lr, progress)
+    generator = torch.Generator().manual_seed(seed)
+    batches = (features.batch(index, mode.device) if mode.crop is None
+               else features.crops(index, mode.crop, generator, mode.device)
+               for index in epoch_batches(len(features), mode.batch, mode.iters, generator))
+    return fit(head, batches, lambda batch: head_losses(head, *batch), mode, optimizer, lr, progress)
 
 
 def check_batch(batch):

@@ -49,9 +49,10 @@ def code_version():
     return f"{version} @ {commit[:7]}" if commit else f"{version} @ unknown commit (not a git checkout)"
 
 
-def save(record, name=None):
-    """Write ``record`` as ``<head>.<mode>.json``; returns the path."""
-    folder = results_dir()
+def save(record, name=None, folder=None):
+    """Write ``record`` as ``<name or head>.<mode>.json`` in ``folder`` (the results folder by default), stamped with
+    the code version and the date; returns the path."""
+    folder = folder or results_dir()
     folder.mkdir(parents=True, exist_ok=True)
     record = {**record, "version": code_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path = folder / f"{name or record['head']}.{record['mode']['name']}.json"

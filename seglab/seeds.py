@@ -3,14 +3,13 @@
     python -m seglab.seeds fcn pspnet --seeds 1 2     # heads named by their records' files (fcn.quick.json)
 
 Each head is rebuilt from its chapter's record (its class and the keyword arguments it was trained with), so the
-command needs the chapters to have run first. The records go to ``<results>/seeds/<name>.<mode>.seed<k>.json`` and
+command needs the chapters to have run first. The records go to ``<results>/seeds/<name>.seed<k>.<mode>.json`` and
 the head-to-head chapter reads them: a difference between two heads smaller than the spread between seeds of one
 head is a tie.
 """
 
 import argparse
 import json
-from datetime import datetime, timezone
 
 from seglab import chapter, results
 from seglab import mode as modes
@@ -35,18 +34,14 @@ def rerun(name, seeds, data):
         run = chapter.fit(head_class, data, seed=seed, name=f"{rec['head']} (seed {seed})", progress=False, **config)
         out = {"head": rec["head"], "chapter": rec["chapter"], "seed": seed, "miou": run.metrics["miou"],
                "pixel_acc": run.metrics["pixel_acc"], "iou": run.metrics["iou"], "mode": mode.as_dict(),
-               "device": mode.device, "train_seconds": run.history["time"][-1], "version": results.code_version(),
-               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        path = seed_dir() / f"{name}.{mode.name}.seed{seed}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
-        paths.append(path)
+               "device": mode.device, "train_seconds": run.history["time"][-1]}
+        paths.append(results.save(out, name=f"{name}.seed{seed}", folder=seed_dir()))
     return paths
 
 
 def load(mode_name):
     """Every seed record of a mode, as a list of dicts."""
-    return [json.loads(p.read_text()) for p in sorted(seed_dir().glob(f"*.{mode_name}.seed*.json"))]
+    return [json.loads(p.read_text()) for p in sorted(seed_dir().glob(f"*.seed*.{mode_name}.json"))]
 
 
 def spread(mode_name):

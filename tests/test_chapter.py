@@ -94,7 +94,7 @@ def test_seed_command_rebuilds_the_head_from_its_record(prepared):
     chapter.record(run, "FCN", chapter=2, profile=profile, reference={})
     paths = seeds.rerun("fcn", [1, 2], prepared)
     loaded = seeds.load("quick")
-    assert [p.name for p in paths] == ["fcn.quick.seed1.json", "fcn.quick.seed2.json"]
+    assert [p.name for p in paths] == ["fcn.seed1.quick.json", "fcn.seed2.quick.json"]
     assert [r["seed"] for r in loaded] == [1, 2] and all(r["head"] == "FCN" for r in loaded)
     with pytest.raises(FileNotFoundError, match="run its chapter first"):
         seeds.rerun("pspnet", [1], prepared)

@@ -196,6 +196,19 @@ def evaluate_run(run, progress=True):
     return evaluate(run.model, data.val_split, data.mode, progress=progress)
 
 
+def val_features(run, index):
+    """The backbone's feature maps [C2..C5] of val images ``index`` (a list of positions in the val split), as the
+    run's head sees them: from the feature cache in quick mode, from the run's fine-tuned backbone in brief mode.
+    For explorers that look inside a trained head."""
+    data, index = run.data, torch.as_tensor(index)
+    if data.mode.frozen:
+        return data.val_features.batch(index, device=data.mode.device)[0]
+    from seglab.augment import normalize
+    images = data.val_split.images[index].to(data.mode.device)
+    with torch.no_grad():
+        return run.model.backbone.eval()(normalize(images))
+
+
 def build(record_):
     """The head class a record was trained with (the seed-spread command rebuilds heads with it)."""
     module, _, name = record_["config"]["class"].rpartition(".")

@@ -32,8 +32,9 @@ def legend(ax, classes_present):
 
 
 def panel(ax, image, title=None, fontsize=9):
-    """An image in a grid of panels: no axes, an optional title."""
-    ax.imshow(image)
+    """An image in a grid of panels (``None``: what is drawn already): no axes, an optional title."""
+    if image is not None:
+        ax.imshow(image)
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=fontsize)
@@ -173,3 +174,61 @@ def sortable_table(frame, caption=""):
     caption = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     return HTML(f"<table id='{table_id}' class='dataframe'>{caption}<thead><tr>{head}</tr></thead>"
                 f"<tbody>{rows}</tbody></table>{script}")
+
+
+def attention_grid(views, size=2.4, cmap="magma"):
+    """One row per view: the image with its query pixel marked, then each of the view's maps over the image.
+
+    A view is a dict: ``image`` uint8 (3, h, w) (as ``split[i]`` returns it), ``query`` (y, x) in image pixels or
+    None (maps that belong to no query, e.g. a global context map), ``maps`` {title: (gh, gw) map on the feature
+    grid of the canvas}, optional ``canvas`` (the canvas side the grid covers; default the image's long side) and
+    ``label``. Maps are upsampled to the canvas, cropped to the image and drawn with alpha over it."""
+    cols = 1 + max(len(v["maps"]) for v in views)
+    fig, axes = plt.subplots(len(views), cols, figsize=(size * cols, size * len(views)), squeeze=False)
+    for row, view in enumerate(views):
+        image = view["image"]
+        h, w = image.shape[-2:]
+        rgb = image.permute(1, 2, 0).numpy() if torch.is_tensor(image) else np.asarray(image)
+        panel(axes[row, 0], rgb, view.get("label", "image"))
+        for col, (title, grid) in enumerate(view["maps"].items(), start=1):
+            on_canvas = _upsampled(grid, view.get("canvas", max(h, w)))[:h, :w]
+            axes[row, col].imshow(rgb)
+            axes[row, col].imshow(on_canvas, cmap=cmap, alpha=0.6)
+            panel(axes[row, col], None, title if row == 0 or view.get("titles_each_row") else None)
+        for ax in axes[row, : len(view["maps"]) + 1]:
+            if view.get("query") is not None:
+                ax.plot(view["query"][1], view["query"][0], marker="o", ms=8, mfc="cyan", mec="k", mew=1.5)
+        for ax in axes[row, len(view["maps"]) + 1:]:
+            ax.set_axis_off()
+    return fig
+
+
+def _upsampled(grid, canvas):
+    """A (gh, gw) map -> (canvas, canvas) numpy, nearest-neighbour (each cell of the grid stays visible)."""
+    grid = torch.as_tensor(np.asarray(grid, dtype=np.float32))
+    return torch.nn.functional.interpolate(grid[None, None], size=(canvas, canvas), mode="nearest")[0, 0].numpy()
+
+
+def attention_explorer(views, description="query", size=2.4):
+    """A slider over ``views`` (see :func:`attention_grid`): pick a query pixel, see where it attends.
+
+    Like the prediction browser, each view is rendered once to a JPEG and the slider is linked to a ``Stack`` in
+    the browser (``jslink``), so it works in the static book, offline. Without ipywidgets: the static grid."""
+    import io
+
+    try:
+        import ipywidgets as widgets
+    except ImportError:
+        print("ipywidgets is not installed: showing a static figure instead.")
+        return attention_grid(views[:4], size=size)
+    pictures = []
+    for view in views:
+        fig = attention_grid([dict(view, titles_each_row=True)], size=size)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="jpeg", dpi=72, bbox_inches="tight", pil_kwargs={"quality": 80})
+        plt.close(fig)
+        pictures.append(widgets.Image(value=buffer.getvalue(), format="jpeg"))
+    stack = widgets.Stack(pictures, selected_index=0)
+    slider = widgets.IntSlider(min=0, max=len(views) - 1, value=0, description=description)
+    widgets.jslink((slider, "value"), (stack, "selected_index"))
+    return widgets.VBox([slider, stack])

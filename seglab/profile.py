@@ -49,6 +49,12 @@ def sdpa_flop(inputs, outputs):
     return math.prod(batch) * length * source * (dim + value_dim)
 
 
+def gather_flop(inputs, outputs):
+    """A gather does no arithmetic; it is counted as one operation per element it writes, so that index-heavy
+    heads (PSANet's mask crop) do not look free."""
+    return math.prod(get_shape(outputs[0]))
+
+
 def softmax_flop(inputs, outputs):
     """One FLOP per element (the exp; the sum and the division are folded in, as for other elementwise ops)."""
     return math.prod(get_shape(inputs[0]))
@@ -58,6 +64,9 @@ EXTRA_HANDLES = {
     "aten::scaled_dot_product_attention": sdpa_flop,
     "aten::softmax": softmax_flop,
     "aten::_softmax": softmax_flop,
+    "aten::gather": gather_flop,
+    "aten::index": gather_flop,
+    "aten::take_along_dim": gather_flop,
     "aten::feature_dropout": None,  # dropout is the identity at inference: no FLOPs
     "aten::dropout": None,
 }
@@ -98,33 +107,41 @@ def count_flops(module, inputs):
     return total, {k: int(v) for k, v in analysis.by_operator().items()}, dict(analysis.unsupported_ops())
 
 
+def saved_bytes(fn, *inputs, skip=()):
+    """Bytes of the tensors autograd saves for backward while ``fn(*inputs)`` runs, deduplicated by storage; the
+    inputs themselves and the tensors of ``skip`` (e.g. parameters) are left out. Works for any callable: an
+    attention block, a head."""
+    skipped = {t.untyped_storage().data_ptr() for t in _tensors(list(inputs) + list(skip))}
+    seen = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skipped:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*inputs)
+    del out
+    return sum(seen.values())
+
+
 def activation_bytes(module, inputs):
     """Bytes of the tensors autograd saves for backward during one training-mode forward pass.
 
     Device-independent: tensors are deduplicated by storage, and parameters and the inputs themselves are left
     out, so the number is the memory the module's own activations hold until backward. BatchNorm layers run with
     their running statistics while measuring: they save the same input tensor either way, and batch statistics
-    are undefined for the 1x1 maps of pooling branches at the standard batch of one."""
-    skip = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    skip |= {t.untyped_storage().data_ptr() for t in _tensors(inputs)}
-    seen = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in skip:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
+    are undefined for the 1x1 maps of pooling branches at a batch of one."""
     was_training = module.training
     module.train()
     for m in module.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.eval()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = module(*inputs)
-    module.train(was_training)
-    del out
-    return sum(seen.values())
+    try:
+        return saved_bytes(module, *inputs, skip=list(module.parameters()))
+    finally:
+        module.train(was_training)
 
 
 def _tensors(inputs):
@@ -169,6 +186,7 @@ class Profile:
     uncounted: dict = field(default_factory=dict)
     flops_by_op: dict = field(default_factory=dict)
     cuda_peak_bytes: int | None = None
+    activation_batch: int = 1  # the batch of the activation measurement (FLOPs and latency are per image)
 
     def as_dict(self):
         return asdict(self)
@@ -176,7 +194,7 @@ class Profile:
     def __str__(self):
         lines = [f"parameters       {self.params:,}",
                  f"FLOPs (MACs)     {self.flops / 1e9:.2f} G",
-                 f"activations      {self.activation_bytes / 2**20:.1f} MiB saved for backward",
+                 f"activations      {self.activation_bytes / 2**20:.1f} MiB saved for backward (batch {self.activation_batch})",
                  f"latency          {self.latency_ms:.1f} ms on {self.device}"]
         if self.cuda_peak_bytes is not None:
             lines.append(f"CUDA peak        {self.cuda_peak_bytes / 2**20:.1f} MiB forward+backward")
@@ -185,17 +203,28 @@ class Profile:
         return "\n".join(lines)
 
 
-def profile(module, inputs, device="cpu", repeats=10):
-    """Profile ``module(*inputs)``: parameters, FLOPs, activation memory and latency on ``device``."""
-    module = module.to(device)
-    inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else [t.to(device) for t in x] for x in inputs)
+def profile(module, inputs, device="cpu", repeats=10, train_inputs=None, train_batch=1):
+    """Profile ``module(*inputs)``: parameters, FLOPs and latency on ``device``; activation memory of a training
+    forward pass on ``train_inputs`` (default: ``inputs``), whose batch is ``train_batch``."""
+    def moved(xs):
+        return tuple(x.to(device) if isinstance(x, torch.Tensor) else [t.to(device) for t in x] for x in xs)
+
+    module, inputs = module.to(device), moved(inputs)
+    train_inputs = inputs if train_inputs is None else moved(train_inputs)
     flops, by_op, uncounted = count_flops(module.eval(), inputs)
-    peak = cuda_peak_bytes(module, inputs) if str(device).startswith("cuda") else None
-    return Profile(params=count_parameters(module), flops=flops, activation_bytes=activation_bytes(module, inputs),
-                   latency_ms=latency_ms(module, inputs, repeats), device=str(device), uncounted=uncounted,
-                   flops_by_op=by_op, cuda_peak_bytes=peak)
+    peak = cuda_peak_bytes(module, train_inputs) if str(device).startswith("cuda") else None
+    return Profile(params=count_parameters(module), flops=flops,
+                   activation_bytes=activation_bytes(module, train_inputs), latency_ms=latency_ms(module, inputs, repeats),
+                   device=str(device), uncounted=uncounted, flops_by_op=by_op, cuda_peak_bytes=peak,
+                   activation_batch=train_batch)
+
+
+TRAIN_BATCH = 2  # activation memory is measured on a training batch of two images
 
 
 def profile_head(head, device="cpu", repeats=10):
-    """Profile a decode head at the standard setting: ResNet-50-D8 features of a 512x512 image, 21 classes."""
-    return profile(head, (standard_features(device),), device, repeats)
+    """Profile a decode head at the standard setting: ResNet-50-D8 features of a 512x512 image, 21 classes. FLOPs
+    and latency are per image; activation memory is that of a training batch of two (``TRAIN_BATCH``)."""
+    batch = [(TRAIN_BATCH,) + s[1:] for s in STANDARD_SHAPES]
+    return profile(head, (standard_features(device),), device, repeats,
+                   train_inputs=(standard_features(device, shapes=batch),), train_batch=TRAIN_BATCH)

@@ -50,18 +50,30 @@ def replace(level, tensor):
     return maps
 
 
-@pytest.mark.parametrize("bad,error,message", [
-    ([], ValueError, "empty list"),
-    (torch.randn(2, 64, 2, 2), TypeError, "list of feature maps"),
-    (replace(3, torch.randn(64, 2, 2)), ValueError, "every level must be 4D"),
-    (replace(0, torch.randn(3, 8, 16, 16)), ValueError, r"disagree on the batch size: \[3, 2, 2, 2\]"),
-    (replace(3, torch.randn(2, 48, 2, 2)), ValueError,
+BAD_FEATURE_LISTS = [  # (name, bad input, error, message); a head built for CHANNELS must refuse each
+    ("empty list", lambda: [], ValueError, "empty list"),
+    ("a bare tensor", lambda: torch.randn(2, 64, 2, 2), TypeError, "list of feature maps"),
+    ("non-4D level", lambda: replace(3, torch.randn(64, 2, 2)), ValueError, "every level must be 4D"),
+    ("batch mismatch", lambda: replace(0, torch.randn(3, 8, 16, 16)), ValueError,
+     r"disagree on the batch size: \[3, 2, 2, 2\]"),
+    ("wrong channels", lambda: replace(3, torch.randn(2, 48, 2, 2)), ValueError,
      r"level 3 of the 4 level\(s\) given has 48 channels, but the head was built for 64"),
-    (features()[:2], (ValueError, IndexError), r"2 level\(s\)|given 2"),
-], ids=["empty list", "a bare tensor", "non-4D level", "batch mismatch", "wrong channels", "two levels of four"])
-def test_bad_feature_lists_are_refused_with_a_message(head, bad, error, message):
+    ("two levels of four", lambda: features()[:2], (ValueError, IndexError), r"2 level\(s\)|given 2"),
+]
+
+
+def assert_refuses_bad_features(head):
+    """The contract's bad-input errors, for a head built for ``CHANNELS`` (generation-2 test files call this)."""
+    for name, bad, error, message in BAD_FEATURE_LISTS:
+        with pytest.raises(error, match=message):
+            head(bad())
+
+
+@pytest.mark.parametrize("case", BAD_FEATURE_LISTS, ids=[c[0] for c in BAD_FEATURE_LISTS])
+def test_bad_feature_lists_are_refused_with_a_message(head, case):
+    _, bad, error, message = case
     with pytest.raises(error, match=message):
-        head(bad)
+        head(bad())
 
 
 @pytest.mark.parametrize("name", list(HEADS))

@@ -81,8 +81,6 @@ def prediction_browser(split, predictions, count=16):
     Each view is rendered once to a JPEG, and the slider is linked to a ``Stack`` of them in the browser
     (``jslink``): no kernel callback, so it also works in the static book, offline. Without ipywidgets it falls
     back to a static grid of the first four images."""
-    import io
-
     count = min(count, len(split), len(predictions))
 
     def sample(i):  # the image without its canvas padding, its mask and the prediction cropped alike
@@ -90,23 +88,36 @@ def prediction_browser(split, predictions, count=16):
         return split[i], predictions[i, :h, :w].long()
 
     try:
-        import ipywidgets as widgets
+        import ipywidgets  # noqa: F401
     except ImportError:
         print("ipywidgets is not installed: showing a static figure instead.")
         shown = [sample(i) for i in range(min(4, count))]
         return show_predictions([s for s, _ in shown], [p for _, p in shown])
 
-    views = []
+    figures = []
     for i in range(count):
         truth, prediction = sample(i)
         fig = show_predictions([truth], [prediction], size=2.6)
         fig.suptitle(f"validation image {split.ids[i]} ({i + 1} of {count})", y=1.0)
+        figures.append(fig)
+    return figure_slider(figures, "image")
+
+
+def figure_slider(figures, description):
+    """A slider that switches between ``figures`` (closed here), in the browser: each is rendered once to a JPEG
+    and the slider is linked to a ``Stack`` of them (``jslink``), so no kernel is needed and it works in the
+    static book, offline."""
+    import io
+
+    import ipywidgets as widgets
+    pictures = []
+    for fig in figures:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="jpeg", dpi=72, bbox_inches="tight", pil_kwargs={"quality": 80})
         plt.close(fig)
-        views.append(widgets.Image(value=buffer.getvalue(), format="jpeg"))
-    stack = widgets.Stack(views, selected_index=0)
-    slider = widgets.IntSlider(min=0, max=count - 1, value=0, description="image")
+        pictures.append(widgets.Image(value=buffer.getvalue(), format="jpeg"))
+    stack = widgets.Stack(pictures, selected_index=0)
+    slider = widgets.IntSlider(min=0, max=len(figures) - 1, value=0, description=description)
     widgets.jslink((slider, "value"), (stack, "selected_index"))
     return widgets.VBox([slider, stack])
 
@@ -214,21 +225,9 @@ def attention_explorer(views, description="query", size=2.4):
 
     Like the prediction browser, each view is rendered once to a JPEG and the slider is linked to a ``Stack`` in
     the browser (``jslink``), so it works in the static book, offline. Without ipywidgets: the static grid."""
-    import io
-
     try:
-        import ipywidgets as widgets
+        import ipywidgets  # noqa: F401
     except ImportError:
         print("ipywidgets is not installed: showing a static figure instead.")
         return attention_grid(views[:4], size=size)
-    pictures = []
-    for view in views:
-        fig = attention_grid([dict(view, titles_each_row=True)], size=size)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="jpeg", dpi=72, bbox_inches="tight", pil_kwargs={"quality": 80})
-        plt.close(fig)
-        pictures.append(widgets.Image(value=buffer.getvalue(), format="jpeg"))
-    stack = widgets.Stack(pictures, selected_index=0)
-    slider = widgets.IntSlider(min=0, max=len(views) - 1, value=0, description=description)
-    widgets.jslink((slider, "value"), (stack, "selected_index"))
-    return widgets.VBox([slider, stack])
+    return figure_slider([attention_grid([dict(view, titles_each_row=True)], size=size) for view in views], description)

@@ -1,8 +1,9 @@
 """Measuring a head: parameters, FLOPs (fvcore), activation memory and latency, at one standard setting.
 
 Convention: **1 FLOP = 1 multiply-add**, as fvcore and the mmsegmentation model zoo count. fvcore's default
-handles count convolutions, matrix products, norms and resizes; here handles are added for attention
-(``aten::scaled_dot_product_attention``) and softmax. Every op still uncounted is reported, never hidden.
+handles count convolutions, matrix products (matmul, einsum, bmm, linear), norms and resizes; here handles are
+added for attention (``aten::scaled_dot_product_attention``), softmax and gathers (one per element written). Every
+op still uncounted is reported, never hidden. Activation memory is measured on a training batch of two.
 """
 
 import math
@@ -70,11 +71,6 @@ EXTRA_HANDLES = {
     "aten::feature_dropout": None,  # dropout is the identity at inference: no FLOPs
     "aten::dropout": None,
 }
-# Elementwise ops whose cost is negligible beside the convolutions; named, not silently dropped.
-ELEMENTWISE = ("aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::div", "aten::sub", "aten::sigmoid",
-               "aten::tanh", "aten::neg", "aten::exp", "aten::sum", "aten::mean")
-
-
 def count_parameters(module):
     return int(parameter_count(module)[""])
 
@@ -203,14 +199,22 @@ class Profile:
         return "\n".join(lines)
 
 
-def profile(module, inputs, device="cpu", repeats=10, train_inputs=None, train_batch=1):
-    """Profile ``module(*inputs)``: parameters, FLOPs and latency on ``device``; activation memory of a training
-    forward pass on ``train_inputs`` (default: ``inputs``), whose batch is ``train_batch``."""
-    def moved(xs):
-        return tuple(x.to(device) if isinstance(x, torch.Tensor) else [t.to(device) for t in x] for x in xs)
+TRAIN_BATCH = 2  # activation memory is measured on a training batch of two images
 
-    module, inputs = module.to(device), moved(inputs)
-    train_inputs = inputs if train_inputs is None else moved(train_inputs)
+
+def batched(inputs, batch):
+    """``inputs`` with every tensor repeated ``batch`` times along its batch axis (lists of levels included)."""
+    if isinstance(inputs, torch.Tensor):
+        return torch.cat([inputs] * batch)
+    return type(inputs)(batched(x, batch) for x in inputs)
+
+
+def profile(module, inputs, device="cpu", repeats=10, train_batch=TRAIN_BATCH):
+    """Profile ``module(*inputs)``: parameters, FLOPs and latency per input on ``device``, and the activation memory
+    of a training forward pass on the inputs repeated to a batch of ``train_batch``."""
+    module = module.to(device)
+    inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else [t.to(device) for t in x] for x in inputs)
+    train_inputs = batched(inputs, train_batch)
     flops, by_op, uncounted = count_flops(module.eval(), inputs)
     peak = cuda_peak_bytes(module, train_inputs) if str(device).startswith("cuda") else None
     return Profile(params=count_parameters(module), flops=flops,
@@ -219,12 +223,7 @@ def profile(module, inputs, device="cpu", repeats=10, train_inputs=None, train_b
                    activation_batch=train_batch)
 
 
-TRAIN_BATCH = 2  # activation memory is measured on a training batch of two images
-
-
 def profile_head(head, device="cpu", repeats=10):
     """Profile a decode head at the standard setting: ResNet-50-D8 features of a 512x512 image, 21 classes. FLOPs
     and latency are per image; activation memory is that of a training batch of two (``TRAIN_BATCH``)."""
-    batch = [(TRAIN_BATCH,) + s[1:] for s in STANDARD_SHAPES]
-    return profile(head, (standard_features(device),), device, repeats,
-                   train_inputs=(standard_features(device, shapes=batch),), train_batch=TRAIN_BATCH)
+    return profile(head, (standard_features(device),), device, repeats)

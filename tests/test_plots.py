@@ -68,3 +68,29 @@ def test_sortable_table_is_self_contained_html():
     table = pd.DataFrame({"GFLOPs": [3.0, 10.0]}, index=pd.Index(["A", "B"], name="head"))
     html = plots.sortable_table(table, caption="heads")._repr_html_()
     assert "<script>" in html and "addEventListener" in html and html.count("<tr>") == 3 and "heads" in html
+
+
+def attention_views():
+    image = torch.zeros(3, 40, 64, dtype=torch.uint8)  # a landscape image on a 64-px canvas
+    grid = torch.zeros(4, 4)
+    grid[0, 3] = 1  # one hot cell: the top-right 16x16 block of the canvas
+    return [dict(image=image, query=(10, 50), maps={"pass 1": grid, "pass 2": grid / 2}, canvas=64, label="q"),
+            dict(image=image, query=None, maps={"context": grid}, canvas=64)]
+
+
+def test_attention_grid_draws_maps_on_the_canvas_cropped_to_the_image():
+    fig = plots.attention_grid(attention_views())
+    axes = np.array(fig.axes).reshape(2, 3)
+    drawn = axes[0, 1].get_images()[-1].get_array()
+    assert drawn.shape == (40, 64)  # the canvas map, cropped to the image
+    assert drawn[:16, 48:].min() == 1 and drawn[16:].max() == 0 and drawn[:, :48].max() == 0
+    assert len(axes[0, 0].lines) == 1 and len(axes[1, 0].lines) == 0  # the query is marked only where there is one
+    assert not axes[1, 2].get_images()  # the second view has one map: its last panel stays empty
+
+
+def test_attention_explorer_links_a_slider_to_one_picture_per_view():
+    import ipywidgets
+    box = plots.attention_explorer(attention_views())
+    slider, stack = box.children
+    assert slider.max == 1 and len(stack.children) == 2
+    assert all(isinstance(c, ipywidgets.Image) and c.value[:2] == b"\xff\xd8" for c in stack.children)  # JPEGs

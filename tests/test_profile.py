@@ -86,3 +86,12 @@ def test_activation_bytes_handles_pooled_batchnorm_at_batch_one_and_restores_mod
     before = branch[2].running_mean.clone()
     activation_bytes(branch, (x,))
     assert torch.equal(before, branch[2].running_mean)  # and running statistics untouched
+
+
+def test_profile_measures_activations_on_a_training_batch_of_two():
+    from seglab.profile import TRAIN_BATCH, profile
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    p = profile(model, (torch.randn(1, 3, 16, 16),), repeats=1)
+    assert p.activation_batch == TRAIN_BATCH == 2
+    assert p.activation_bytes == TRAIN_BATCH * 8 * 16 * 16 * 4  # the ReLU's output, once per image of the batch
+    assert p.flops == (3 * 9 * 8 + 8 * 4) * 16 * 16  # FLOPs stay per image

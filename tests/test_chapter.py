@@ -59,6 +59,21 @@ def test_fit_record_and_rebuild(prepared, tmp_path):
     assert torch.equal(stored, run.metrics["predictions"][first, :h, :w].long())
 
 
+def test_val_features_are_what_the_backbone_computes_for_those_images(prepared):
+    """Explorers look inside a trained head through ``val_features``: the cached features must be the frozen
+    backbone's features of exactly those val images."""
+    from seglab.augment import normalize
+    from seglab.efficientnet import fold_batchnorm
+    run = chapter.fit(FCNHead, prepared, progress=False, in_channels=320, channels=8)
+    index = [2, 0]
+    cached = chapter.val_features(run, index)
+    with torch.no_grad():
+        direct = fold_batchnorm(prepared.backbone)(normalize(prepared.val_split.images[index]))
+    assert [tuple(f.shape) for f in cached] == [tuple(f.shape) for f in direct]
+    for c, d in zip(cached, direct):  # the cache is float16
+        torch.testing.assert_close(c, d, rtol=1e-2, atol=2e-2)
+
+
 def test_a_head_defined_in_a_notebook_is_recorded_by_its_exported_class():
     notebook_copy = type("FCNHead", (FCNHead,), {"__module__": "__main__"})
     assert chapter.class_path(notebook_copy) == "seglab.heads.fcn.FCNHead"

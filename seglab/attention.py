@@ -2,9 +2,9 @@
 
 ``attend`` runs it through ``F.scaled_dot_product_attention`` (SDPA), whose CPU and GPU kernels keep only q, k, v
 and the output for backward, never the (n x m) weights; ``explicit=True`` writes the same product out with einsum
-and keeps the weights, for comparison. On the CPU the memory-lean kernel needs 4D inputs (batch, heads, n, d) with
-the same width for q, k and v; ``attend`` adds the heads axis, and where v is wider than q and k it splits v into
-groups of q's width that share q and k (``expand`` views, no copies).
+and keeps the weights, for comparison. On the CPU the memory-lean kernel needs contiguous 4D inputs (batch, heads,
+n, d) with the same width for q, k and v; ``attend`` makes them so, and where v is wider than q and k it splits v
+into groups of q's width that share q and k (``expand`` views, no copies).
 """
 
 import math
@@ -29,6 +29,9 @@ def attend(q, k, v, scale=None, explicit=False):
     squeeze = q.dim() == 3
     if squeeze:  # SDPA's lean CPU kernel wants (b, heads, n, d)
         q, k, v = (rearrange(t, "b n d -> b 1 n d") for t in (q, k, v))
+    # ... and contiguous tensors: on strided views (what rearrange makes of a conv's (b, c, h, w) output) it falls
+    # back to the math path, which keeps the n x m weights. A copy of q, k, v is far smaller than those.
+    q, k, v = (t.contiguous() for t in (q, k, v))
     d, e = q.shape[-1], v.shape[-1]
     if e != d and e % d == 0:  # v wider than q, k: e/d groups of v's channels share q and k
         groups = e // d

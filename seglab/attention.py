@@ -4,7 +4,8 @@
 and the output for backward, never the (n x m) weights; ``explicit=True`` writes the same product out with einsum
 and keeps the weights, for comparison. On the CPU the memory-lean kernel needs contiguous 4D inputs (batch, heads,
 n, d) with the same width for q, k and v; ``attend`` makes them so, and where v is wider than q and k it splits v
-into groups of q's width that share q and k (``expand`` views, no copies).
+into groups of q's width that share q and k (``expand`` views, no copies). That recomputes q k^T once per group:
+n m (g d + e) multiply-adds instead of n m (d + e), the price of not keeping the weights.
 """
 
 import math

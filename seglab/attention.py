@@ -5,7 +5,9 @@ and the output for backward, never the (n x m) weights; ``explicit=True`` writes
 and keeps the weights, for comparison. On the CPU the memory-lean kernel needs contiguous 4D inputs (batch, heads,
 n, d) with the same width for q, k and v; ``attend`` makes them so, and where v is wider than q and k it splits v
 into groups of q's width that share q and k (``expand`` views, no copies). That recomputes q k^T once per group:
-n m (g d + e) multiply-adds instead of n m (d + e), the price of not keeping the weights.
+n m (g d + e) multiply-adds instead of n m (d + e), the price of not keeping the weights. The floor is a floor
+for large n: SDPA keeps its (n, e) output, so for small groups of tokens (n < e, as in ISANet's blocks) the explicit
+(n, m) weights are the smaller of the two.
 """
 
 import math

@@ -29,12 +29,13 @@ def attend(q, k, v, scale=None, explicit=False):
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
     if explicit:
         return torch.einsum("...nm,...me->...ne", attention_weights(q, k, scale), v)
-    squeeze = q.dim() == 3
+    squeeze, shared = q.dim() == 3, v is k  # keys that are also the values are copied once
     if squeeze:  # SDPA's lean CPU kernel wants (b, heads, n, d)
         q, k, v = (rearrange(t, "b n d -> b 1 n d") for t in (q, k, v))
     # ... and contiguous tensors: on strided views (what rearrange makes of a conv's (b, c, h, w) output) it falls
     # back to the math path, which keeps the n x m weights. A copy of q, k, v is far smaller than those.
-    q, k, v = (t.contiguous() for t in (q, k, v))
+    q, k = q.contiguous(), k.contiguous()
+    v = k if shared else v.contiguous()
     d, e = q.shape[-1], v.shape[-1]
     if e != d and e % d == 0:  # v wider than q, k: e/d groups of v's channels share q and k
         groups = e // d

@@ -1,7 +1,8 @@
 """Notebooks are the source of truth for head code; this tool writes their exported cells into the package.
 
 A code cell whose first line is ``#| export seglab/heads/fcn.py`` is written, in notebook order, into that file.
-Every chapter's first cell is the Colab setup cell built here from the repository URL in ``_config.yml``.
+Every chapter's first cell is the Colab setup cell built here from the repository URL in ``_config.yml``, and its
+metadata asks Colab for a GPU.
 
     python -m seglab.export          # write seglab/ from chapters/*.ipynb and refresh the setup cells
     python -m seglab.export --check  # exit 1 if the package or a setup cell has drifted from the notebooks
@@ -44,9 +45,13 @@ def setup_cell_source():
 SETUP_TAGS = ["remove-cell"]  # it runs first in Colab and CI; the online book starts with the chapter's title
 
 
+COLAB_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}  # Colab opens it on a GPU
+
+
 def setup_cell_ok(nb):
     return bool(nb.cells) and nb.cells[0].source == setup_cell_source() and \
-        nb.cells[0].metadata.get("tags") == SETUP_TAGS
+        nb.cells[0].metadata.get("tags") == SETUP_TAGS and \
+        all(nb.metadata.get(k) == v for k, v in COLAB_METADATA.items())
 
 
 def notebooks(root=ROOT):
@@ -83,7 +88,8 @@ def drift(root=ROOT):
     for path in notebooks(root):
         nb = nbformat.read(path, as_version=4)
         if not setup_cell_ok(nb):
-            problems.append(f"{path.relative_to(root)}: the first cell is not the current setup cell")
+            problems.append(f"{path.relative_to(root)}: the first cell is not the current setup cell, or Colab's "
+                            "GPU metadata is missing")
     return problems
 
 
@@ -97,8 +103,9 @@ def write(root=ROOT):
         if nb.cells and not setup_cell_ok(nb):
             nb.cells[0].source = setup_cell_source()
             nb.cells[0].metadata["tags"] = SETUP_TAGS
+            nb.metadata.update(COLAB_METADATA)
             nbformat.write(nb, path)
-            print("refreshed the setup cell of", path.relative_to(root))
+            print("refreshed the setup cell and Colab metadata of", path.relative_to(root))
 
 
 if __name__ == "__main__":

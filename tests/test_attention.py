@@ -62,3 +62,12 @@ def test_gathers_are_counted_one_per_element_written():
     x, index = torch.randn(4, 10), torch.randint(0, 10, (4, 6))
     total, by_op, _ = count_flops(Call(lambda x, i: torch.gather(x, 1, i)), (x, index))
     assert total == 24 and "gather" in by_op
+
+
+def test_keys_that_are_the_values_are_copied_once():
+    n, d = 1024, 32
+    q = torch.randn(2, 1, d, requires_grad=True)
+    x = torch.randn(2, d, n, requires_grad=True).transpose(1, 2)  # (b, n, d), a strided view
+    one_copy = 2 * n * d * 4
+    assert saved_bytes(lambda q, x: attend(q, x, x), q, x) < 1.5 * one_copy
+    torch.testing.assert_close(attend(q, x, x), attend(q, x, x, explicit=True))

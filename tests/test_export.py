@@ -14,7 +14,7 @@ def make_book(tmp_path):
     (root / "chapters").mkdir(parents=True)
     (root / "seglab").mkdir()
     shutil.copy(export.ROOT / "_config.yml", root / "_config.yml")
-    nb = nbformat.v4.new_notebook()
+    nb = nbformat.v4.new_notebook(metadata=dict(export.COLAB_METADATA))
     nb.cells = [nbformat.v4.new_code_cell(export.setup_cell_source(), metadata={"tags": export.SETUP_TAGS}),
                 nbformat.v4.new_code_cell("#| export seglab/heads/toy.py\nimport torch\n\nX = 1"),
                 nbformat.v4.new_code_cell("print('not exported')"),
@@ -37,7 +37,16 @@ def test_export_writes_cells_in_order_and_detects_each_kind_of_drift(tmp_path):
     nb = nbformat.read(root / "chapters/01_toy.ipynb", as_version=4)
     nb.cells[0].source = "import sys"  # the setup cell lost
     nbformat.write(nb, root / "chapters/01_toy.ipynb")
-    assert export.drift(root) == ["chapters/01_toy.ipynb: the first cell is not the current setup cell"]
+    expected = ["chapters/01_toy.ipynb: the first cell is not the current setup cell, or Colab's GPU metadata is missing"]
+    assert export.drift(root) == expected
+    export.write(root)  # puts the setup cell back
+    assert export.drift(root) == []
+    nb = nbformat.read(root / "chapters/01_toy.ipynb", as_version=4)
+    del nb.metadata["accelerator"]  # a new notebook that Colab would open without a GPU
+    nbformat.write(nb, root / "chapters/01_toy.ipynb")
+    assert export.drift(root) == expected
+    export.write(root)
+    assert nbformat.read(root / "chapters/01_toy.ipynb", as_version=4).metadata["accelerator"] == "GPU"
     (root / "chapters/01_toy.ipynb").unlink()
     assert "seglab/heads/toy.py is generated but no notebook exports it any more" in export.drift(root)
 

@@ -26,3 +26,8 @@ if [ ! -f "$VENDOR/widgets/embed-amd.js" ] || [ ! -f "$VENDOR/widgets/require.js
   echo "fetched the widget manager, require.js and MathJax into $VENDOR/"
 fi
 jupyter-book build . --warningiserror --keep-going --quiet "$@"
+# The widget manager's stylesheet asks for its icon fonts (FontAwesome) at @jupyter-widgets/ beside the page that
+# renders a widget, not under _static/: serve a copy there, or a page whose widgets use an icon logs 404s.
+mkdir -p _build/html/chapters/@jupyter-widgets
+find _build/html/_static/widgets -maxdepth 1 -type f \( -name '*.woff' -o -name '*.woff2' -o -name '*.ttf' \
+  -o -name '*.eot' -o -name '*.svg' \) -exec cp {} _build/html/chapters/@jupyter-widgets/ \;

@@ -17,9 +17,11 @@ from seglab.blocks import ConvBNReLU, classifier, one_level
 class SelfAttentionBlock(nn.Module):
     """mmsegmentation's ``SelfAttentionBlock`` as ``ISAHead`` configures it: query and key each two 1x1 Conv-BN-ReLU
     down to ``key_channels`` (not shared), value one 1x1 conv with bias (no norm, ``with_out=False``), softmax(q k^T /
-    sqrt(key_channels)) v over all positions of each map of the batch, then a 1x1 Conv-BN-ReLU output projection."""
+    sqrt(key_channels)) v over all positions of each map of the batch, then a 1x1 Conv-BN-ReLU output projection.
+    The attention is written out by default (``explicit=True``): for groups of few positions it keeps less for
+    backward than SDPA (``explicit=False``)."""
 
-    def __init__(self, channels, key_channels, explicit=False):
+    def __init__(self, channels, key_channels, explicit=True):
         super().__init__()
         self.query = nn.Sequential(ConvBNReLU(channels, key_channels, 1), ConvBNReLU(key_channels, key_channels, 1))
         self.key = nn.Sequential(ConvBNReLU(channels, key_channels, 1), ConvBNReLU(key_channels, key_channels, 1))
@@ -69,7 +71,7 @@ class ISAHead(nn.Module):
     zero-padded (centred) to a multiple of it and cropped back, as in mmsegmentation."""
 
     def __init__(self, in_channels=2048, channels=512, num_classes=21, isa_channels=256, down_factor=(8, 8),
-                 in_index=-1, dropout=0.1, explicit=False):
+                 in_index=-1, dropout=0.1, explicit=True):
         super().__init__()
         self.in_channels, self.in_index, self.down_factor = in_channels, in_index, tuple(down_factor)
         self.in_conv = ConvBNReLU(in_channels, channels, 3)

@@ -35,7 +35,7 @@ class ObjectAttention(nn.Module):
     (two 1x1 Conv-BN-ReLU for queries and keys, one for values and for the output), softmax(q k^T / sqrt(d)) v;
     the context is concatenated with the pixel features and fused by a 1x1 Conv-BN-ReLU."""
 
-    def __init__(self, channels=512, key_channels=256, explicit=False):
+    def __init__(self, channels=512, key_channels=256, explicit=True):
         super().__init__()
         self.key_channels, self.explicit = key_channels, explicit
         self.query_project = projection(channels, key_channels, 2)
@@ -66,7 +66,7 @@ class OCRHead(nn.Module):
     pixel-to-region attention, dropout and a 1x1 classifier."""
 
     def __init__(self, in_channels=(1024, 2048), channels=512, ocr_channels=256, fcn_channels=256, num_classes=21,
-                 in_index=(2, 3), scale=1.0, dropout=0.1, fcn_weight=0.4, explicit=False):
+                 in_index=(2, 3), scale=1.0, dropout=0.1, fcn_weight=0.4, explicit=True):
         super().__init__()
         self.in_channels, self.in_index = tuple(in_channels), tuple(in_index)
         self.scale, self.fcn_weight = scale, fcn_weight

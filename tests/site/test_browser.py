@@ -72,8 +72,8 @@ def test_chapter_page_loads_cleanly_with_images_math_and_widgets(browser, server
     assert images, f"{page_file}: no images"
     assert all(ok for _, ok in images), f"{page_file}: images not decoded: {[s for s, ok in images if not ok]}"
     if "$" in (ROOT / f"{page_file}.ipynb").read_text():
-        page.wait_for_selector("mjx-container", timeout=10_000)
-        assert page.locator("mjx-container").count() > 0
+        page.wait_for_selector("mjx-container", state="attached", timeout=10_000)  # some sit in hidden views
+        assert page.locator("mjx-container:visible").count() > 0, f"{page_file}: no typeset math is visible"
     if has_widgets(page_file):
         # attached, not visible: some views are hidden by design (the unselected children of a Stack)
         page.wait_for_selector(".jupyter-widgets", state="attached", timeout=10_000)
@@ -84,15 +84,18 @@ def test_chapter_page_loads_cleanly_with_images_math_and_widgets(browser, server
         page.wait_for_selector(".jupyter-widgets .widget-slider", timeout=10_000)
         views = page.eval_on_selector_all(".jupyter-widgets img", "els => els.filter(i => i.naturalWidth > 0).length")
         assert views > 0, f"{page_file}: the prediction browser shows no image"
-        shown = ("() => Array.from(document.querySelectorAll('.jupyter-widgets .widget-image'))"
-                 ".filter(i => i.offsetParent !== null && i.naturalWidth > 0).map(i => i.src)")
+        # every slider (the prediction browser, the explorers) shows exactly one of its views at a time
+        shown = ("() => Array.from(document.querySelectorAll('.widget-slider')).map(s => s.closest('.widget-vbox'))"
+                 ".map(box => Array.from(box.querySelectorAll('.widget-image'))"
+                 ".filter(i => i.offsetParent !== null && i.naturalWidth > 0).map(i => i.src))")
         before = page.evaluate(shown)
-        assert len(before) == 1, f"{page_file}: the prediction browser should show one view, shows {len(before)}"
+        assert before and all(len(v) == 1 for v in before), \
+            f"{page_file}: each slider should show one view, they show {[len(v) for v in before]}"
         page.locator(".jupyter-widgets .widget-slider .noUi-handle, .jupyter-widgets .widget-slider [role=slider]"
                      ).first.focus()
-        page.keyboard.press("ArrowRight")  # the slider is linked to the views in the page itself (jslink)
-        changed = f"before => {{ const src = ({shown})(); return src.length === 1 && src[0] !== before; }}"
-        page.wait_for_function(changed, arg=before[0], timeout=5_000)  # times out if the view does not change
+        page.keyboard.press("ArrowRight")  # the first slider is linked to its views in the page itself (jslink)
+        changed = f"before => {{ const src = ({shown})()[0]; return src.length === 1 && src[0] !== before; }}"
+        page.wait_for_function(changed, arg=before[0][0], timeout=5_000)  # times out if the view does not change
     colab = page.eval_on_selector_all("a[href*='colab.research.google.com']", "els => els.map(a => a.href)")
     assert colab and all(h.endswith(f"/blob/main/{page_file}.ipynb") for h in colab), colab
     if page_file == chapter_pages()[1]:

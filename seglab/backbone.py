@@ -3,6 +3,7 @@
 ``forward`` returns the four stage outputs C2..C5 (strides 4, 8, 16, 32, or 4, 8, 8, 8 with D8).
 """
 
+import hashlib
 import os
 import socket
 import warnings
@@ -135,15 +136,36 @@ class ResNet(Freezable, nn.Module):
 
     def load_imagenet(self):
         """Load torchvision's ImageNet weights through torch.hub (honours TORCH_HOME). Returns True on success;
-        on failure it warns loudly and keeps the random initialisation."""
+        on failure it warns loudly and keeps the random initialisation.
+
+        torch.hub checks the sha256 only when it downloads; a file already in its cache is checked here on every
+        load against the sha256 prefix in its name, so a corrupt or replaced checkpoint is never taken for
+        ImageNet weights."""
         url = WEIGHTS[self.name]
         cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(HUB_TIMEOUT)  # a stalled network fails after HUB_TIMEOUT s instead of hanging
+        mismatch = ""
         try:
+            mismatch = cached_hash_mismatch(cached)
+            if mismatch:
+                raise RuntimeError(mismatch)
             state = torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True, weights_only=True)
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the classifier is not used
+            own = self.state_dict()  # check before loading: a failed strict load leaves some tensors overwritten
+            misfit = sorted(set(own) ^ set(state)) + [k for k in own if k in state and state[k].shape != own[k].shape]
+            if misfit:
+                raise RuntimeError(f"the checkpoint does not fit {self.name}: {len(misfit)} tensors missing, extra "
+                                   f"or of another shape (e.g. {misfit[0]})")
+            self.load_state_dict(state, strict=True)
         except Exception as error:  # offline, blocked, stalled, or a corrupt/mismatched file
-            reason = "the file's sha256 does not match its name" if "hash" in str(error).lower() else str(error)
+            text = str(error).strip() or type(error).__name__  # e.g. EOFError() of a truncated file says nothing
+            if mismatch:
+                reason = mismatch
+            elif "hash" in text.lower():
+                reason = f"the file's sha256 does not match its name ({text})"
+            else:
+                reason = text if text != type(error).__name__ else f"{text} while reading the checkpoint"
             if os.path.isfile(cached):
                 reason += f"; the cached file {cached} may be corrupt: delete it to download it again"
             message = (f"ImageNet weights for {self.name} could not be loaded from {url} ({reason}). "
@@ -153,11 +175,25 @@ class ResNet(Freezable, nn.Module):
             return False
         finally:
             socket.setdefaulttimeout(previous)
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the classifier is not used
-        self.load_state_dict(state, strict=True)
         self.pretrained = True
         return True
 
+
+def cached_hash_mismatch(path):
+    """Why the torch.hub checkpoint ``path`` does not match the sha256 prefix in its name (``name-<hex>.pth``),
+    or ``""`` when it matches, has no such prefix, or is not there (then torch.hub downloads and checks it)."""
+    match = torch.hub.HASH_REGEX.search(os.path.basename(path))
+    if not match or not match.group(1) or not os.path.isfile(path):
+        return ""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    got, expected = digest.hexdigest(), match.group(1)
+    if got.startswith(expected):
+        return ""
+    return (f"the cached file's sha256 ({got[:12]}...) does not start with {expected}, the hash in its name: it is "
+            "truncated, corrupt or not torchvision's file")
 
 
 def resnet18(output_stride=8, pretrained=False, frozen=False, multi_grid=None):

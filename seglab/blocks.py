@@ -1,8 +1,19 @@
 """Building blocks shared by the heads, and the survey's three input transforms."""
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def check_count(value, name, what="a head's width"):
+    """Refuse a count (channels, classes) that is not an integer of at least 1, naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__}); it is {what}.")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}; it is {what}.")
+    return int(value)
 
 
 class ConvBNReLU(nn.Sequential):
@@ -10,6 +21,9 @@ class ConvBNReLU(nn.Sequential):
     normal, fan-out)."""
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, dilation=1, groups=1, relu=True):
+        what = "the width of a conv layer, set by a head's in_channels and channels, which must be positive integers"
+        in_channels, out_channels = check_count(in_channels, "in_channels", what), check_count(out_channels,
+                                                                                               "out_channels", what)
         padding = dilation * (kernel_size - 1) // 2
         layers = [nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False),
                   nn.BatchNorm2d(out_channels)]
@@ -31,8 +45,8 @@ class DepthwiseSeparableConv(nn.Sequential):
 
 def classifier(channels, num_classes, dropout=0.1):
     """The final decode step of every head: dropout, then a 1x1 conv to one logit per class."""
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}.")
+    check_count(num_classes, "num_classes", "the number of classes the head predicts")
+    check_count(channels, "channels", "the width of the features the head classifies (its channels)")
     conv = nn.Conv2d(channels, num_classes, 1)
     nn.init.normal_(conv.weight, std=0.01)  # mmseg's conv_seg initialisation: small logits at the start
     nn.init.zeros_(conv.bias)
@@ -58,10 +72,26 @@ def check_features(features):
         if not torch.is_tensor(f) or f.dim() != 4:
             shape = tuple(f.shape) if torch.is_tensor(f) else type(f).__name__
             raise ValueError(f"Feature level {i} is {shape}; every level must be 4D (batch, channels, height, width).")
+        if f.dtype != torch.float32 and not _autocast_dtype(f):
+            raise TypeError(f"Feature level {i} is {f.dtype}; a head takes float32 feature maps (its weights are "
+                            "float32): convert them first, [f.float() for f in features] (the feature cache's float16 "
+                            "levels come out of FeatureSet.batch as float32), or run under torch.autocast.")
     batches = [int(f.shape[0]) for f in features]  # int(): under jit tracing (fvcore) sizes are tensors
     if len(set(batches)) > 1:
         raise ValueError(f"The feature levels disagree on the batch size: {batches}; they must come from one batch.")
+    if batches and batches[0] == 0:
+        raise ValueError("The features hold a batch of 0 images; a head takes a batch of at least one.")
     return features
+
+
+def _autocast_dtype(f):
+    """Whether ``f`` has the lower precision that autocast (AMP) computes in on its device: a backbone under
+    ``torch.autocast`` hands the head float16 (or bfloat16) maps, and the head's layers run in it too."""
+    device = f.device.type
+    try:
+        return torch.is_autocast_enabled(device) and f.dtype == torch.get_autocast_dtype(device)
+    except (RuntimeError, TypeError, AttributeError):  # torch before 2.4, or a device type autocast does not know
+        return device == "cuda" and torch.is_autocast_enabled() and f.dtype in (torch.float16, torch.bfloat16)
 
 
 def _level(features, index, channels=None):

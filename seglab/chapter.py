@@ -29,7 +29,7 @@ from seglab.backbone import create
 from seglab.efficientnet import fold_batchnorm
 from seglab.model import Segmentor, auxiliary_head
 from seglab.train import evaluate, evaluate_head, seed_everything, train, train_head
-from seglab.voc import CLASSES, PALETTE, load_split
+from seglab.voc import CLASSES, PALETTE, check_disjoint, split_files
 
 SHOWN_IDS = 8  # val images whose predictions every record keeps, for the head-to-head figure
 
@@ -42,11 +42,12 @@ class Data:
     backbone: torch.nn.Module
     channels: list
     strides: tuple
-    train_split: object
+    train_split: object  # VOCSplit; None in quick mode, where the heads train on the cached features
     val_split: object
     train_features: object = None  # FeatureSet (quick mode)
     val_features: object = None
     note: str = ""  # said in the output and kept in the record, e.g. a backbone fallback
+    identity: dict = field(default_factory=dict)  # {"train": ..., "val": ...}: SplitFiles.identity(), in records
 
 
 @dataclass
@@ -83,20 +84,28 @@ def brief_backbone(mode):
 
 def prepare(mode, progress=True):
     """The backbone and data of the mode, said in one line. In quick mode: the frozen Lite0's features of every
-    train image and its mirror, and of every val image, from the cache or computed once."""
-    train_split = load_split("train", mode.image_size, progress=progress)
-    val_split = load_split("val", mode.image_size, progress=progress)
+    train image and its mirror, and of every val image, from the cache or computed once; the train images are
+    decoded only when their cache must be built."""
+    train_files = split_files("train", mode.image_size, subset=mode.split)
+    val_files = split_files("val", mode.image_size, subset=mode.split)
+    check_disjoint(train_files.ids, val_files.ids)
+    val_split = val_files.load(progress)
     if mode.frozen:
         backbone, note = create(mode.backbone, output_stride=mode.output_stride, pretrained=True, frozen=True), ""
         extractor = fold_batchnorm(backbone)  # the same features, computed faster
-        train_features = feature_cache.cached(extractor, "train", train_split, flip=True, device=mode.device,
+        train_split = None  # not decoded: the heads train on the cached features
+        train_features = feature_cache.cached(extractor, train_files, flip=True, device=mode.device,
                                               progress=progress)
-        val_features = feature_cache.cached(extractor, "val", val_split, device=mode.device, progress=progress)
+        val_features = feature_cache.cached(extractor, val_files, device=mode.device, progress=progress,
+                                            split=val_split)
     else:
         (backbone, note), train_features, val_features = brief_backbone(mode), None, None
+        train_split = train_files.load(progress)
     data = Data(mode, backbone, list(backbone.channels), strides_of(backbone), train_split, val_split,
-                train_features, val_features, note)
-    print(mode.describe() + f"; levels C2..C5 of {data.channels} channels at strides {data.strides}")
+                train_features, val_features, note, {"train": train_files.identity(), "val": val_files.identity()})
+    print(mode.describe() + f"; levels C2..C5 of {data.channels} channels at strides {data.strides}"
+          + ("" if mode.split == "book" else f"; the {mode.split} VOC split: {len(train_files)} train and "
+             f"{len(val_files)} val images (SEGLAB_SPLIT), not the book's subset, so not the numbers on its pages"))
     if note:
         print("NOTE:", note)
     return data
@@ -127,9 +136,11 @@ def fit(head_class, data, seed=0, name=None, progress=True, **config):
     return Run(name, head, model, config, history, metrics, seed, data)
 
 
-def shown_ids(split, count=SHOWN_IDS):
-    """A fixed, varied set of val ids: in a seeded hash order, each next image adds a class not yet shown."""
-    order = sorted(range(len(split)), key=lambda i: hashlib.sha256(split.ids[i].encode()).hexdigest())
+def shown_ids(split, count=SHOWN_IDS, limit=None):
+    """A fixed, varied set of val ids: in a seeded hash order, each next image adds a class not yet shown. Only the
+    first ``limit`` images are candidates when given (those a run evaluated: ci mode evaluates a few)."""
+    candidates = range(len(split) if limit is None else min(limit, len(split)))
+    order = sorted(candidates, key=lambda i: hashlib.sha256(split.ids[i].encode()).hexdigest())
     chosen, seen = [], set()
     for i in order:
         present = set(split[i][1].unique().tolist()) - {0, 255}
@@ -157,7 +168,7 @@ def record(run, head, chapter, profile, reference, file=None, **extra):
     fixed val ids."""
     split, predictions = run.data.val_split, run.metrics["predictions"]
     shown = {}
-    for i in shown_ids(split):
+    for i in shown_ids(split, limit=len(predictions)):
         h, w = split.sizes[i].tolist()
         shown[split.ids[i]] = png_base64(predictions[i, :h, :w])
     run.name = head
@@ -165,7 +176,7 @@ def record(run, head, chapter, profile, reference, file=None, **extra):
               "trained": {k: list(v) if isinstance(v, tuple) else v for k, v in run.config.items()}}
     rec = results.record(head, chapter=chapter, config=config, profile=profile, metrics=run.metrics,
                          mode=run.data.mode, pretrained=getattr(run.data.backbone, "pretrained", False),
-                         history=run.history, seed=run.seed)
+                         history=run.history, seed=run.seed, data=run.data.identity)
     rec.update(predictions=shown, backbone=run.data.backbone.name, note=run.data.note, **extra)
     path = results.save(rec, name=file or head.lower().replace(" ", "_"))
     print("saved", path.name)  # the name only: a chapter's output never shows where it ran
@@ -210,14 +221,35 @@ def val_features(run, index):
 
 
 def build(record_):
-    """The head class a record was trained with (the seed-spread command rebuilds heads with it)."""
-    module, _, name = record_["config"]["class"].rpartition(".")
-    return getattr(importlib.import_module(module), name)
+    """The head class a record was trained with (the seed-spread command rebuilds heads with it). A record is data,
+    not code: only a ``torch.nn.Module`` class defined in a module of ``seglab.heads`` is built; the name is checked
+    before anything is imported, so a record cannot make this process import or call anything else."""
+    import re
+    head = record_.get("head", "?") if isinstance(record_, dict) else "?"
+    config = record_.get("config") if isinstance(record_, dict) else None
+    path = config.get("class") if isinstance(config, dict) else None
+    rule = ("only a torch.nn.Module class defined in a module of seglab.heads (seglab.heads.<module>.<Class>) can be "
+            "rebuilt from a record")
+    word = r"[A-Za-z_][A-Za-z0-9_]*"
+    if not isinstance(path, str) or not re.fullmatch(rf"seglab\.heads(\.{word})+\.{word}", path):
+        raise ValueError(f"The record of {head!r} names the head class {path!r}: {rule}. Refused; re-run its "
+                         "chapter to write a correct record.")
+    module, _, name = path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name, None)
+    except ImportError as error:
+        raise ValueError(f"The record of {head!r} names the head class {path!r}, but {module} cannot be imported "
+                         f"({error}): {rule}.") from None
+    if not (isinstance(found, type) and issubclass(found, torch.nn.Module) and found.__module__ == module):
+        raise ValueError(f"The record of {head!r} names {path!r}, which is not a torch.nn.Module class defined in "
+                         f"{module}: {rule}. Refused.")
+    return found
 
 
 def show(run, count=16):
     """Per-class IoU (against the linear probe's, when its record exists), then the prediction browser."""
-    probe = next((r for r in results.load_all(run.data.mode.name) if r["head"] == "Linear probe"), None)
+    records = results.load_all(run.data.mode.name, split=run.data.mode.split)
+    probe = next((r for r in records if r["head"] == "Linear probe"), None)
     plots.plot_class_iou(run.metrics["iou"], title=f"{run.name}: IoU per class on {run.metrics['images']} val images",
                          reference=None if probe is None or run.name == "Linear probe" else probe["iou"],
                          reference_label="linear probe")
@@ -233,8 +265,8 @@ def notice(run, against=("Linear probe",)):
 
     from seglab.seeds import spread
     mode, m = run.data.mode, run.metrics
-    records = {r["head"]: r for r in results.load_all(mode.name)}
-    _, noise = spread(mode.name)
+    records = {r["head"]: r for r in results.load_all(mode.name, split=mode.split)}
+    _, noise = spread(mode.name, split=mode.split)
     lines = [f"- {run.name} reaches **{100 * m['miou']:.1f}% mIoU** on the {m['images']} val images "
              f"({mode.name} mode, {run.data.backbone.name}{', frozen' if mode.frozen else ''}); pixel accuracy "
              f"{100 * m['pixel_acc']:.1f}%."]
@@ -260,7 +292,12 @@ def notice(run, against=("Linear probe",)):
 def compare(mode, up_to):
     """The heads of the chapters up to ``up_to``, in this mode: a table and bars, read from the records."""
     from IPython.display import display
-    table = results.comparison_frame(mode.name, up_to=up_to)
+    table = results.comparison_frame(mode.name, up_to=up_to, split=mode.split)
     display(table)
     plots.plot_comparison(table, title=f"Heads so far ({mode.name} mode; profile at the standard setting)")
     plt.show()
+
+
+if __name__ == "__main__":  # python -m seglab.chapter: the data and feature caches of the current mode, ahead of time
+    from seglab.mode import current
+    prepare(current())

@@ -3,10 +3,15 @@
 Run ``python -m seglab.download [DEST]`` to fetch it ahead of time (default: the seglab cache directory).
 """
 
+import contextlib
+import fcntl
 import hashlib
+import os
 import shutil
 import sys
 import tarfile
+import tempfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -26,6 +31,28 @@ class DownloadError(RuntimeError):
     pass
 
 
+class _PartTooLong(DownloadError):
+    """The server answered HTTP 416 to a Range request: the ``.part`` file already holds all its bytes, or more."""
+
+
+@contextlib.contextmanager
+def locked(path):
+    """Hold an exclusive ``fcntl.flock`` on ``path`` (created if missing, never deleted: deleting a lock file lets
+    two processes lock two different files). A second process waits here until the first is done."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"Another process is downloading or extracting here (it holds {path}); waiting for it.", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def md5sum(path, chunk=1 << 20):
     digest = hashlib.md5()
     with open(path, "rb") as f:
@@ -38,15 +65,37 @@ def download(urls, dest, md5, timeout=30):
     """Fetch ``dest`` from the first mirror that delivers a file with the right md5.
 
     Bytes go to ``dest.part`` (resumed with an HTTP Range request when a part file exists) and only a verified
-    file is renamed to ``dest``, so an interrupted or corrupt download never looks complete."""
+    file is renamed to ``dest``, so an interrupted or corrupt download never looks complete. A lock next to
+    ``dest`` keeps a second process from writing the same part file; it waits, then finds the finished file.
+    A part file left by an earlier run is checked first: complete and correct, it is used; full-size (the server
+    answers HTTP 416 to the Range request) but wrong, it is deleted and the file downloaded from the start."""
     dest = Path(dest)
-    if dest.is_file() and md5sum(dest) == md5:
-        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part, tried = dest.with_name(dest.name + ".part"), []
+    with locked(dest.with_name(f".{dest.name}.lock")):
+        if dest.is_file() and md5sum(dest) == md5:
+            return dest
+        part, tried = dest.with_name(dest.name + ".part"), []
+        if part.is_file() and part.stat().st_size:
+            if md5sum(part) == md5:  # e.g. a run killed during its MD5 check: the bytes are all there
+                print(f"{part} is complete and its MD5 matches; using it (nothing to download).", flush=True)
+                part.replace(dest)
+                return dest
+            print(f"Resuming the partial download {part} ({part.stat().st_size} bytes).", flush=True)
+        return _download_locked(urls, dest, part, md5, timeout, tried)
+
+
+def _download_locked(urls, dest, part, md5, timeout, tried):
     for url in urls:
         try:
-            _fetch(url, part, timeout)
+            try:
+                _fetch(url, part, timeout)
+            except _PartTooLong as error:  # a full-size or oversized part that never verified: start over
+                size = part.stat().st_size
+                part.unlink()
+                print(f"{url} says the partial file already has all its bytes ({error}), but its MD5 does not "
+                      f"match: deleted {part.name} ({size} bytes) and downloading again from the start.", flush=True)
+                tried.append(f"{url}: {part.name} was full-size ({size} bytes) but corrupt; deleted, fetched again")
+                _fetch(url, part, timeout)
         except Exception as error:  # unreachable mirror, HTTP error, broken connection
             tried.append(f"{url}: {error}")
             continue
@@ -63,7 +112,14 @@ def download(urls, dest, md5, timeout=30):
 def _fetch(url, part, timeout):
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    try:
+        opened = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and have:
+            total = (error.headers.get("Content-Range") or "").rpartition("/")[2]
+            raise _PartTooLong(f"HTTP 416 for bytes {have}- of a {total or 'unknown'}-byte file") from None
+        raise
+    with opened as response:
         resumed = have > 0 and getattr(response, "status", None) == 206  # file:// mirrors never resume
         if not resumed:
             have = 0
@@ -93,13 +149,21 @@ def segmentation_members(tar):
 
 def safe_extract(tar_path, dest):
     """Extract the segmentation members into ``dest`` with tarfile's ``data`` filter, which refuses absolute
-    paths, ``..`` and links that leave ``dest``. Extraction goes to a temporary folder renamed at the end."""
+    paths, ``..`` and links that leave ``dest``. Extraction goes to a temporary folder of this process's own
+    (``dest.extracting-*``), and the finished devkit is moved into place with one atomic rename."""
     if not hasattr(tarfile, "data_filter"):  # added in Python 3.10.12, 3.11.4 and 3.12
         raise DownloadError(f"This Python ({sys.version.split()[0]}) lacks tarfile's safe 'data' extraction filter; "
                             "use Python 3.10.12+, 3.11.4+ or 3.12+ to extract VOC safely.")
     dest = Path(dest)
-    tmp = dest.with_name(dest.name + ".extracting")
-    shutil.rmtree(tmp, ignore_errors=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{dest.name}.extracting-", dir=dest.parent))
+    try:
+        return _extract_into(tar_path, dest, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _extract_into(tar_path, dest, tmp):
     with tarfile.open(tar_path) as tar:
         for member in tar.getmembers():  # refuse the whole archive if any name is absolute or climbs out
             if member.name.startswith(("/", "\\")):
@@ -110,30 +174,68 @@ def safe_extract(tar_path, dest):
             tar.extract(member, tmp, filter="data")
     devkit = next((p.parent for p in tmp.rglob("VOC2012") if p.is_dir()), None)
     if devkit is None:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise DownloadError(f"{tar_path} holds a VOC2012 folder but no segmentation masks or split lists; it is not "
                             "the VOC 2012 trainval archive. Delete it and download again.")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    devkit.replace(dest)
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.rename(devkit, dest)  # atomic: dest is either absent or the complete devkit, never half of one
+    except OSError as error:
+        if (dest / "VOC2012").is_dir():  # another process finished first: keep its copy
+            return dest
+        raise DownloadError(f"Cannot move the extracted devkit into {dest} ({error.strerror or error}): {dest} "
+                            "already exists but holds no VOC2012 folder. Delete or move it away, then run again.") \
+            from None
     return dest
 
 
-def fetch_voc(cache, urls=None, md5=VOC_MD5):
-    """Download and extract VOC 2012's segmentation part into ``cache/VOCdevkit``; returns that folder."""
-    cache, urls = Path(cache), urls or VOC_MIRRORS
-    tar_path = cache / VOC_TAR
-    print(f"PASCAL VOC 2012 not found locally; downloading it (about 2 GB) into {cache}.")
-    try:
-        download(urls, tar_path, md5)
-    except DownloadError as error:
-        from seglab.voc import DatasetNotFound, not_found_message
-        raise DatasetNotFound(not_found_message("no local copy, and the download failed") + "\n" + str(error)) from None
-    devkit = safe_extract(tar_path, cache / "VOCdevkit")
-    tar_path.unlink()
+def fetch_voc(cache, urls=None, md5=None):
+    """Download and extract VOC 2012's segmentation part into ``cache/VOCdevkit``; returns that folder.
+
+    A lock (``cache/.VOCdevkit.lock``) is held across download, verification and extraction: a second process
+    waits for it, then finds the devkit the first one finished and does nothing more."""
+    cache, urls, md5 = Path(cache).expanduser(), urls or VOC_MIRRORS, md5 or VOC_MD5
+    tar_path, devkit = cache / VOC_TAR, cache / "VOCdevkit"
+    with locked(cache / ".VOCdevkit.lock"):
+        if (devkit / "VOC2012").is_dir():  # finished meanwhile by another process (or by an earlier run)
+            print(f"PASCAL VOC 2012 is already in {devkit}; nothing to download.", flush=True)
+            return devkit
+        for stale in cache.glob("VOCdevkit.extracting*"):  # left by a killed run; nobody else extracts now
+            shutil.rmtree(stale, ignore_errors=True)
+        print(f"PASCAL VOC 2012 not found locally; downloading it (about 2 GB) into {cache}.", flush=True)
+        try:
+            download(urls, tar_path, md5)
+        except DownloadError as error:
+            from seglab.voc import DatasetNotFound, not_found_message
+            raise DatasetNotFound(not_found_message("no local copy, and the download failed") + "\n" + str(error)) \
+                from None
+        print(f"Extracting the segmentation part of {tar_path} into {devkit}.", flush=True)
+        safe_extract(tar_path, devkit)
+        tar_path.unlink()
+    return devkit
+
+
+def main(argv=None):
+    """``python -m seglab.download [DEST]``: find VOC 2012 where seglab looks for it (``DEST``, else SEGLAB_DATA,
+    else the cache) and say where; download it (into ``DEST`` or the cache) only when it is nowhere."""
+    from seglab import voc
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        dest = Path(argv[0]).expanduser()
+        found, source = voc._devkit_in(dest), f"in {dest}"
+    else:
+        dest, source = voc.cache_dir(), "through SEGLAB_DATA" if os.environ.get("SEGLAB_DATA") else "in the cache"
+        try:
+            found = voc.find_voc(download=False)
+        except voc.DatasetNotFound as error:
+            if os.environ.get("SEGLAB_DATA"):  # pointing at a wrong folder: downloading elsewhere would not help
+                raise SystemExit(f"{error}\nFix or unset SEGLAB_DATA; nothing was downloaded.") from None
+            found = None
+    if found is not None:
+        print(f"PASCAL VOC 2012 found {source}: {found}. Nothing to download.")
+        return found
+    devkit = fetch_voc(dest)
+    print(devkit)
     return devkit
 
 
 if __name__ == "__main__":
-    from seglab.voc import cache_dir
-    print(fetch_voc(Path(sys.argv[1]) if len(sys.argv) > 1 else cache_dir()))
+    main()

@@ -4,8 +4,8 @@ A frozen backbone gives the same features for an image every time, so they are c
 images and their mirror images, val images) and kept on disk under the cache directory. Every head then trains
 on exactly the same inputs, and a chapter's training takes seconds instead of hours.
 
-A cache file holds its key: backbone, weights hash, output stride, canvas size, the ids and whether mirrors are
-included. A file made with other settings is *stale*; a file that does not load or whose contents do not match
+A cache file holds its key: backbone, weights hash, output stride, canvas size, the ids, a fingerprint of the image
+and mask files (sizes and modification times) and whether mirrors are included. A file made with other settings is *stale*; a file that does not load or whose contents do not match
 their recorded SHA-256 is *corrupt*. Either is said and rebuilt. Files are written atomically (a temporary file,
 then a rename), so an interrupted run never leaves a half-written cache behind.
 """
@@ -13,7 +13,7 @@ then a rename), so an interrupted run never leaves a half-written cache behind.
 import hashlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from seglab.augment import normalize
 from seglab.voc import cache_dir
 
-FORMAT = 2  # bump when the file layout or the way features are computed changes
+FORMAT = 3  # bump when the file layout or the way features are computed changes
 
 
 @dataclass
@@ -36,8 +36,17 @@ class FeatureSet:
     masks: torch.Tensor
     boxes: torch.Tensor
 
+    _finite: bool = field(default=False, repr=False, compare=False)  # checked by check_finite, once
+
     def __len__(self):
         return len(self.ids)
+
+    def check_finite(self, what="the features"):
+        """Refuse NaN or infinite values in the levels (see ``check_finite``); checked once per set, since the
+        training and evaluation entry points call it each time and the levels do not change."""
+        if not self._finite:
+            check_finite(self.levels, what)
+            self._finite = True
 
     @property
     def channels(self):
@@ -72,11 +81,32 @@ class FeatureSet:
                 torch.stack(masks).to(device).long())
 
 
-def cache_key(backbone, split, flip):
-    """Everything the features depend on."""
+def check_finite(tensors, what, chunk=2**24):
+    """Refuse NaN or infinite values anywhere in ``tensors`` (the levels of a FeatureSet, a split's images), naming
+    the level and the samples: a head trained or scored on them would learn or report nonsense without a word.
+    Checked once at entry, in chunks of samples (little memory); integer tensors (uint8 images) are always finite."""
+    for level, t in enumerate(tensors):
+        if not (torch.is_tensor(t) and t.is_floating_point()) or t.numel() == 0:
+            continue
+        t = t.reshape(len(t), -1) if t.dim() else t.reshape(1, 1)  # (samples, values)
+        step = max(1, chunk // t.shape[1])
+        for start in range(0, len(t), step):
+            finite = torch.isfinite(t[start:start + step]).all(1)
+            if not finite.all():
+                bad = (start + torch.nonzero(~finite).flatten()).tolist()
+                where = f"level {level}, " if len(tensors) > 1 else ""
+                raise ValueError(f"{what[0].upper() + what[1:]} hold NaN or infinite values ({where}sample(s) "
+                                 f"{bad[:5]}{' ...' if len(bad) > 5 else ''}): training or scoring on them would give "
+                                 "meaningless numbers. Rebuild them (delete the feature cache file, or re-decode the "
+                                 "images) and check the backbone's weights.")
+
+
+def cache_key(backbone, files, flip):
+    """Everything the features depend on: the backbone and its weights, the canvas, the ids, and the files
+    themselves (their sizes and modification times), so that an edited image or mask makes the cache stale."""
     weights = digest([t.detach().cpu() for t in backbone.state_dict().values()])
     return {"format": FORMAT, "backbone": backbone.name, "weights": weights, "output_stride": backbone.output_stride,
-            "canvas": int(split.images.shape[-1]), "ids": list(split.ids), "flip": bool(flip)}
+            "canvas": int(files.image_size), "ids": list(files.ids), "files": files.fingerprint(), "flip": bool(flip)}
 
 
 def digest(tensors):
@@ -87,8 +117,9 @@ def digest(tensors):
     return h.hexdigest()
 
 
-def cache_path(backbone, split_name, split):
-    name = f"{backbone.name}-os{backbone.output_stride}-{split.images.shape[-1]}px-{split_name}.pt"
+def cache_path(backbone, files):
+    subset = "" if files.subset == "book" else "-" + files.subset.replace(" ", "")
+    name = f"{backbone.name}-os{backbone.output_stride}-{files.image_size}px-{files.name}{subset}.pt"
     return cache_dir() / "features" / name
 
 
@@ -120,11 +151,12 @@ def compute(backbone, split, flip, batch=16, device="cpu", progress=True):
                       torch.tensor(boxes))
 
 
-def cached(backbone, split_name, split, flip=False, device="cpu", progress=True):
-    """The features of ``split`` under ``backbone``, from the cache if it holds them for exactly these settings,
-    else computed now and cached. Says which, and why a cache file was rebuilt."""
-    path, key = cache_path(backbone, split_name, split), cache_key(backbone, split, flip)
-    shown = f"{split_name} features of {backbone.name} (seglab cache, features/{path.name})"
+def cached(backbone, files, flip=False, device="cpu", progress=True, split=None):
+    """The features of the split ``files`` (a ``seglab.voc.SplitFiles``) under ``backbone``, from the cache if it
+    holds them for exactly these settings and files, else computed now and cached. Says which, and why a cache file
+    was rebuilt. The images are decoded only when the cache must be built (or taken from ``split`` if decoded)."""
+    path, key = cache_path(backbone, files), cache_key(backbone, files, flip)
+    shown = f"{files.name} features of {backbone.name} (seglab cache, features/{path.name})"
     if path.is_file():
         problem = None
         try:
@@ -142,8 +174,10 @@ def cached(backbone, split_name, split, flip=False, device="cpu", progress=True)
                 print(f"loaded the {shown}: {len(features)} samples")
             return features
         print(f"the cached {shown} is {problem}; rebuilding it")
+    check_writable(path.parent)  # before the minutes of computing, not after
     start = time.perf_counter()
-    features = compute(backbone, split, flip, device=device, progress=progress)
+    features = compute(backbone, split if split is not None else files.load(progress), flip, device=device,
+                       progress=progress)
     seconds = time.perf_counter() - start
     save(path, key, features)
     if progress:
@@ -152,18 +186,52 @@ def cached(backbone, split_name, split, flip=False, device="cpu", progress=True)
     return features
 
 
+def check_writable(folder):
+    """Make ``folder`` and check that a file can be written in it, or say clearly where and how to fix it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OSError(f"The feature cache folder {folder} is not writable ({error.strerror or error}). Point "
+                      "SEGLAB_CACHE at a writable folder, e.g. export SEGLAB_CACHE=~/.cache/seglab.") from None
+
+
 def save(path, key, features):
-    """Write atomically: a temporary file in the same folder, then a rename."""
+    """Write atomically: a temporary file in the same folder, fsync, then a rename. A failed write (a full disk)
+    says what failed and where, and leaves neither a partial cache nor its temporary file behind; orphan
+    temporary files of killed processes are removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for orphan in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed process (ours carry our pid)
+        pid = orphan.name.rsplit(".", 2)[-2]
+        if not (pid.isdigit() and _alive(int(pid))):
+            orphan.unlink(missing_ok=True)
     payload = {"key": key, "ids": features.ids, "flipped": features.flipped, "levels": features.levels,
                "masks": features.masks, "boxes": features.boxes,
                "sha256": digest([*features.levels, features.masks, features.flipped, features.boxes])}
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(payload, temporary)
+        with open(temporary, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(temporary, path)
+    except (OSError, RuntimeError) as error:
+        raise OSError(f"Writing the feature cache {path} failed ({error}); the disk may be full. Free "
+                      f"{nbytes(features) / 2**20:.0f} MiB there, or point SEGLAB_CACHE at another disk.") from error
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def nbytes(features):

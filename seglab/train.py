@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from seglab.augment import epoch_batches, eval_batches, normalize, train_batches
 from seglab.blocks import resize
+from seglab.features import check_finite
 from seglab.metrics import confusion_matrix, scores
 from seglab.model import head_losses
 
@@ -40,6 +41,7 @@ def train(model, split, mode, seed=0, optimizer=None, lr=None, progress=True):
     random crops of ``split``. Returns the history: per iteration the losses, learning rate, elapsed seconds and
     images per second."""
     check_batch(mode.batch)
+    check_finite([split.images], "the train images")
     model.to(mode.device).train()
     batches = train_batches(split, mode.batch, mode.iters, mode.crop, mode.device, seed)
     return fit(model, batches, lambda batch: model.losses(*batch), mode, optimizer, lr, progress)
@@ -50,6 +52,7 @@ def train_head(head, features, mode, seed=0, optimizer=None, lr=None, progress=T
     ``mode.iters`` batches of ``mode.batch`` samples, drawn in seeded epochs, each a random ``mode.crop`` window
     (whole canvases if ``mode.crop`` is None). Same history as ``train``."""
     check_batch(mode.batch)
+    features.check_finite("the train features")
     head.to(mode.device).train()
     generator = torch.Generator().manual_seed(seed)
     batches = (features.batch(index, mode.device) if mode.crop is None
@@ -115,6 +118,7 @@ def evaluate(model, split, mode, num_classes=21, progress=True):
     (all if None), with the class map of each image (on its padded canvas, uint8) under ``predictions``."""
     model.to(mode.device).eval()
     n = len(split) if mode.val_images is None else min(mode.val_images, len(split))
+    check_finite([split.images[:n]], "the val images")
     batches = eval_batches(split, mode.eval_batch, mode.device, limit=n)
     return confusion_scores(lambda images: model(images), batches, n, mode, num_classes, progress)
 
@@ -124,6 +128,7 @@ def evaluate_head(head, features, mode, num_classes=21, progress=True):
     """Evaluation on cached features: the head's logits resized to the canvas, scored like ``evaluate``."""
     head.to(mode.device).eval()
     n = len(features) if mode.val_images is None else min(mode.val_images, len(features))
+    features.check_finite("the val features")
     batches = (features.batch(slice(s, min(s + mode.eval_batch, n)), mode.device)
                for s in range(0, n, mode.eval_batch))
     size = features.masks.shape[-2:]  # the canvas: logits are resized to it, as the Segmentor does to the image

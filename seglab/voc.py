@@ -8,6 +8,7 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,9 @@ class DatasetNotFound(FileNotFoundError):
 
 
 def cache_dir():
-    return Path(os.environ.get("SEGLAB_CACHE", Path.home() / ".cache" / "seglab"))
+    """``$SEGLAB_CACHE`` (``~`` expanded, as for SEGLAB_DATA), or ``~/.cache/seglab`` when it is unset or empty."""
+    given = os.environ.get("SEGLAB_CACHE", "").strip()
+    return Path(given).expanduser() if given else Path.home() / ".cache" / "seglab"
 
 
 def _devkit_in(path):
@@ -86,12 +89,38 @@ def not_found_message(reason=""):
 
 
 def read_ids(devkit, split):
-    """The ids of an official split file (``train`` or ``val``)."""
+    """The ids of an official split file (``train`` or ``val``), in order; an id listed twice is kept once, with a
+    warning."""
     path = Path(devkit) / "VOC2012" / "ImageSets" / "Segmentation" / f"{split}.txt"
+    restore = "Restore it from the VOC 2012 archive (python -m seglab.download)."
+    if path.is_dir():
+        raise ValueError(f"The split file {path} is a folder, not a text file of image ids. Remove it and {restore}")
     if not path.is_file():
         raise DatasetNotFound(f"The split file {path} is missing; the devkit layout expects "
                               "VOC2012/ImageSets/Segmentation/{train,val}.txt.")
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except PermissionError:
+        raise PermissionError(f"The split file {path} cannot be read (permission denied). Make it readable: "
+                              f"chmod a+r '{path}'.") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"The split file {path} is not a text file of image ids (byte {error.start} is not UTF-8 "
+                         f"text: it is binary or damaged). {restore}") from None
+    except OSError as error:
+        raise ValueError(f"The split file {path} cannot be read ({error.strerror or error}). {restore}") from None
+    if "\x00" in text:
+        raise ValueError(f"The split file {path} is not a text file of image ids (it holds NUL bytes: it is binary "
+                         f"or damaged). {restore}")
+    listed = [line.strip() for line in text.splitlines() if line.strip()]
+    ids = list(dict.fromkeys(listed))
+    if len(ids) < len(listed):
+        import warnings
+        counts = {}
+        for i in listed:
+            counts[i] = counts.get(i, 0) + 1
+        twice = [i for i in ids if counts[i] > 1]
+        warnings.warn(f"The split file {path} lists {len(twice)} ids more than once ({', '.join(twice[:8])}"
+                      f"{', ...' if len(twice) > 8 else ''}); each is used once ({len(ids)} ids, not {len(listed)}).")
     if not ids:
         raise ValueError(f"The split file {path} is empty: it should list one image id per line (e.g. 2007_000032). "
                          "Restore it from the VOC 2012 archive (python -m seglab.download).")
@@ -113,6 +142,8 @@ def read_image(path):
             array = np.asarray(im.convert("RGB"))
     except FileNotFoundError:
         raise DatasetNotFound(f"The image {path} is listed in the split file but missing.") from None
+    except PermissionError:
+        raise _unreadable("image", path) from None
     except OSError as error:
         raise ValueError(f"The image {path} cannot be decoded ({error}); it is corrupt or truncated. "
                          "Delete it and download the dataset again.") from None
@@ -123,16 +154,22 @@ def read_mask(path):
     """A VOC class mask (palette PNG) as int64 (H, W) with values 0..20 and 255.
 
     An RGB-coloured mask is converted back through the VOC palette, with a warning; any colour outside the
-    palette is refused."""
+    palette is refused. A palette PNG whose used entries are not VOC's colours (re-indexed by an image editor)
+    is mapped by colour, with a warning (see ``palette_to_index``)."""
     try:
         with Image.open(path) as im:
             mode, array = im.mode, np.asarray(im)
+            palette = im.getpalette() if mode == "P" else None
     except FileNotFoundError:
         raise DatasetNotFound(f"The mask {path} is listed in the split file but missing.") from None
+    except PermissionError:
+        raise _unreadable("mask", path) from None
     except OSError as error:
         raise ValueError(f"The mask {path} cannot be decoded ({error}).") from None
     if mode == "RGB":
         array = rgb_to_index(array, path)
+    elif mode == "P":
+        array = palette_to_index(array, palette, path)
     elif mode not in ("P", "L"):
         raise ValueError(f"The mask {path} has PIL mode {mode!r}; expected a palette ('P') PNG of class indices.")
     bad = np.setdiff1d(np.unique(array), list(range(len(CLASSES))) + [IGNORE])
@@ -140,6 +177,47 @@ def read_mask(path):
         raise ValueError(f"The mask {path} holds values {bad.tolist()[:10]} outside 0..{len(CLASSES) - 1} and "
                          f"{IGNORE}; it is not a VOC class mask.")
     return torch.from_numpy(array.astype(np.int64))
+
+
+def _unreadable(what, path):
+    return PermissionError(f"The {what} {path} cannot be read (permission denied); the file itself may be fine. "
+                           f"Make it readable (chmod a+r '{path}', or for the whole copy chmod -R a+rX on the "
+                           "VOCdevkit folder) rather than deleting it.")
+
+
+def palette_to_index(array, palette, path):
+    """The class indices of a palette ('P') mask, checked against its own palette.
+
+    VOC's masks store class ``c`` as index ``c`` with colour ``PALETTE[c]``. An image editor may re-quantise the
+    palette (e.g. classes 0, 1, 15, 255 stored as 0, 1, 2, 3), so the indices no longer mean classes while the
+    colours still do: where a used index's colour is not VOC's colour for it, every used colour must be a VOC
+    class or void colour and the mask is mapped by colour, with a warning; otherwise it is refused. A palette
+    without those entries, or a grey ramp (index i drawn as (i, i, i)), carries no class colours: the indices are
+    taken as they are."""
+    used = np.unique(array)
+    if palette is None:
+        return array
+    table = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
+    defined = [int(u) for u in used if u < len(table)]
+    if all((table[u] == PALETTE[u]).all() for u in defined) or all((table[u] == u).all() for u in defined):
+        return array
+    codes = {tuple(int(v) for v in PALETTE[c]): c for c in list(range(len(CLASSES))) + [IGNORE]}
+    colour = {int(u): tuple(int(v) for v in table[u]) if u < len(table) else None for u in used}
+    unknown = {u: c for u, c in colour.items() if c not in codes}
+    if unknown:
+        raise ValueError(f"The mask {path} is a palette PNG whose entries are not VOC's colours (index: colour "
+                         f"{dict(list(unknown.items())[:5])}; None: no palette entry), so its values cannot be "
+                         "trusted as class indices. Re-save it with the VOC colour map (seglab.voc.PALETTE) and class "
+                         "indices as pixel values.")
+    lookup = np.arange(256, dtype=np.uint8)
+    for u, c in colour.items():
+        lookup[u] = codes[c]
+    moved = {u: int(lookup[u]) for u in colour if lookup[u] != u}
+    import warnings
+    warnings.warn(f"The mask {path} is a re-indexed palette PNG (its palette does not put VOC's colours at VOC's "
+                  f"indices); mapped it by colour to class indices (stored index -> class: {moved}). Re-save it with "
+                  "the VOC palette to silence this.")
+    return lookup[array]
 
 
 def rgb_to_index(array, path):
@@ -163,6 +241,48 @@ def read_sample(devkit, id_):
         raise ValueError(f"Sample {id_}: the image is {tuple(image.shape[1:])} (H, W) but its mask is "
                          f"{tuple(mask.shape)}; they must match.")
     return image, mask
+
+
+def book_ids(split):
+    """The ids of the book's VOC subset (``train``: 311, ``val``: 220), shipped with seglab: every stored output of the
+    book was produced on exactly these images, so a reader who runs a chapter gets the numbers on its page."""
+    return [line.strip() for line in resources.files("seglab").joinpath("splits", f"{split}.txt").read_text()
+            .splitlines() if line.strip()]
+
+
+def subset_ids(devkit, split, subset="book"):
+    """The ids a run uses. ``book``: the book's subset, all of whose files must be present (a copy that lacks some
+    is refused, naming them: a chapter never runs silently on fewer images). ``full``: every id of the devkit's
+    official split file that has its files (``local_ids``)."""
+    if subset == "full":
+        return local_ids(devkit, split)
+    if subset != "book":
+        raise ValueError(f"subset must be 'book' or 'full', got {subset!r}.")
+    ids = book_ids(split)
+    missing = [i for i in ids if not (image_path(devkit, i).is_file() and mask_path(devkit, i).is_file())]
+    if missing:
+        raise DatasetNotFound(
+            f"{len(missing)} of the {len(ids)} {split} images of the book's VOC subset are missing under {devkit} "
+            f"(an image or its mask): {', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''}. Use a complete "
+            "VOC 2012 (python -m seglab.download fetches it; SEGLAB_DATA points at a local copy), or set "
+            "SEGLAB_SPLIT=full to run on every image you have (its numbers are then not the book's).")
+    return ids
+
+
+def check_disjoint(train_ids, val_ids):
+    """Warn when train and val share images: val scores would then measure memory, not generalisation."""
+    shared = sorted(set(train_ids) & set(val_ids))
+    if shared:
+        import warnings
+        warnings.warn(f"{len(shared)} ids are in both train and val ({', '.join(shared[:5])}"
+                      f"{', ...' if len(shared) > 5 else ''}): val scores of this data are not to be trusted. Check "
+                      "the split files under ImageSets/Segmentation.")
+    return shared
+
+
+def ids_digest(ids):
+    """sha256 of a list of ids (one per line, in order): the identity of a split in records."""
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
 def local_ids(devkit, split):
@@ -232,26 +352,74 @@ class VOCSplit:
         return self.images[i, :, :h, :w], self.masks[i, :h, :w].long()
 
 
-def load_split(split, image_size, root=None, size=None, seed=0, progress=True):
-    """Decode a split once into a :class:`VOCSplit`, each image resized so its long side is at most
-    ``image_size``. ``size=None`` keeps every id present locally; an integer picks a balanced subset."""
+@dataclass(frozen=True)
+class SplitFiles:
+    """Which files a split is made of, before any is decoded: a feature cache can be checked against them without
+    decoding the images (``fingerprint``), and decoded only when it must be built (``load``)."""
+
+    devkit: Path
+    name: str  # "train" or "val"
+    ids: tuple
+    image_size: int
+    subset: str  # "book", "full", or "balanced <size> seed <seed>"
+
+    def __len__(self):
+        return len(self.ids)
+
+    def fingerprint(self):
+        """sha256 over every id with the size and modification time of its image and mask: an edited or replaced
+        file changes it, so a cache made from the old files is known to be stale."""
+        h = hashlib.sha256()
+        for i in self.ids:
+            for path in (image_path(self.devkit, i), mask_path(self.devkit, i)):
+                stat = path.stat()
+                h.update(f"{i}:{path.suffix}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    def identity(self):
+        """What a record says about its data: the subset, the number of images, the ids' sha256 and the size."""
+        return {"subset": self.subset, "images": len(self.ids), "ids_sha256": ids_digest(list(self.ids)),
+                "image_size": self.image_size}
+
+    def load(self, progress=True):
+        """Decode every image and mask once into a :class:`VOCSplit`, each resized so its long side is at most
+        ``image_size``."""
+        ids, image_size, devkit = list(self.ids), self.image_size, self.devkit
+        images = torch.zeros(len(ids), 3, image_size, image_size, dtype=torch.uint8)
+        masks = torch.full((len(ids), image_size, image_size), IGNORE, dtype=torch.uint8)
+        sizes = torch.zeros(len(ids), 2, dtype=torch.long)
+
+        def decode(k):
+            image, mask = _fit(*read_sample(devkit, ids[k]), image_size)
+            h, w = mask.shape
+            images[k, :, :h, :w], masks[k, :h, :w], sizes[k] = image, mask, torch.tensor([h, w])
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            list(tqdm(pool.map(decode, range(len(ids))), total=len(ids), desc=f"decoding VOC {self.name}",
+                      disable=not progress))
+        return VOCSplit(ids, images, masks, sizes)
+
+
+def split_files(split, image_size, root=None, size=None, seed=0, subset=None):
+    """The :class:`SplitFiles` of a split. ``subset`` (``book`` or ``full``; by default the current mode's, see
+    ``SEGLAB_SPLIT``) chooses the ids; an integer ``size`` instead picks a class-balanced subset of the local ids."""
     devkit = find_voc(root)
-    ids = local_ids(devkit, split) if size is None else balanced_subset(devkit, split, size, seed)
+    if size is not None:
+        ids, subset = balanced_subset(devkit, split, size, seed), f"balanced {size} seed {seed}"
+    else:
+        if subset is None:
+            from seglab.mode import current
+            subset = current().split
+        ids = subset_ids(devkit, split, subset)
     if not ids:
         raise DatasetNotFound(f"No {split} image has both its JPEG and its mask under {devkit}.")
-    images = torch.zeros(len(ids), 3, image_size, image_size, dtype=torch.uint8)
-    masks = torch.full((len(ids), image_size, image_size), IGNORE, dtype=torch.uint8)
-    sizes = torch.zeros(len(ids), 2, dtype=torch.long)
+    return SplitFiles(Path(devkit), split, tuple(ids), int(image_size), subset)
 
-    def decode(k):
-        image, mask = _fit(*read_sample(devkit, ids[k]), image_size)
-        h, w = mask.shape
-        images[k, :, :h, :w], masks[k, :h, :w], sizes[k] = image, mask, torch.tensor([h, w])
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        list(tqdm(pool.map(decode, range(len(ids))), total=len(ids), desc=f"decoding VOC {split}",
-                  disable=not progress))
-    return VOCSplit(ids, images, masks, sizes)
+def load_split(split, image_size, root=None, size=None, seed=0, progress=True, subset=None):
+    """Decode a split once into a :class:`VOCSplit`, each image resized so its long side is at most
+    ``image_size``: the book's subset by default (``subset``, ``SEGLAB_SPLIT``), or a balanced subset of ``size``."""
+    return split_files(split, image_size, root, size, seed, subset).load(progress)
 
 
 def _fit(image, mask, image_size):

@@ -40,4 +40,5 @@ def devkit(tmp_path, monkeypatch):
     devkit = write_voc(tmp_path / "data")
     monkeypatch.setenv("SEGLAB_DATA", str(devkit))
     monkeypatch.setenv("SEGLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SEGLAB_SPLIT", "full")  # its ids are not the book's subset: every local image
     return devkit

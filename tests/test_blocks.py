@@ -71,3 +71,35 @@ def test_checks_work_under_the_jit_tracer_fvcore_uses():
 
     total, _, _ = count_flops(Head(), (FEATURES,))
     assert total == 2 * 64 * 3 * 8 * 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16, torch.uint8])
+def test_feature_maps_that_are_not_float32_are_refused_with_what_to_do(dtype):
+    bad = [FEATURES[0], FEATURES[1].to(dtype), FEATURES[2], FEATURES[3]]
+    with pytest.raises(TypeError, match=rf"level 1 is {dtype}; a head takes float32 .*f\.float\(\)"):
+        check_features(bad)
+    with pytest.raises(TypeError, match="level 1 is"):
+        select(bad, (0, 1))
+
+
+def test_autocast_features_are_accepted_under_autocast():
+    half = [f.bfloat16() for f in FEATURES]  # what a backbone under autocast (AMP) hands the head
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert check_features(half) is half
+    with pytest.raises(TypeError, match="torch.bfloat16"):
+        check_features(half)  # outside autocast they would meet float32 weights
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: ConvBNReLU(8, 0), "out_channels must be at least 1, got 0"),
+    (lambda: ConvBNReLU(-1, 4), "in_channels must be at least 1, got -1"),
+    (lambda: ConvBNReLU(8, 2.5), r"out_channels must be an integer, got 2.5 \(float\)"),
+    (lambda: ConvBNReLU(8, True), "out_channels must be an integer, got True"),
+    (lambda: DepthwiseSeparableConv(16, 0), "out_channels must be at least 1, got 0"),
+    (lambda: classifier(8, 2.5), r"num_classes must be an integer, got 2.5"),
+    (lambda: classifier(8, "21"), r"num_classes must be an integer, got '21'"),
+    (lambda: classifier(0, 21), "channels must be at least 1, got 0"),
+])
+def test_widths_and_class_counts_must_be_positive_integers(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()

@@ -19,7 +19,8 @@ from seglab.profile import Profile  # noqa: E402
 
 
 def tiny_quick():
-    return dataclasses.replace(modes.quick("cpu"), image_size=64, batch=2, iters=3, eval_batch=4, crop=48)
+    return dataclasses.replace(modes.quick("cpu"), image_size=64, batch=2, iters=3, eval_batch=4, crop=48,
+                               split="full")  # the fake devkit's ids are not the book's subset
 
 
 @pytest.fixture
@@ -32,7 +33,8 @@ def test_prepare_caches_the_frozen_backbones_features(prepared, capsys):
     data = prepared
     assert data.backbone.name == "efficientnet_lite0" and data.backbone.pretrained and data.backbone.frozen
     assert data.channels == [24, 40, 112, 320] and data.strides == (4, 8, 16, 16)
-    assert len(data.train_features) == 2 * len(data.train_split)  # every image and its mirror
+    assert data.train_split is None  # not decoded: the features came from the backbone, then the cache
+    assert len(data.train_features) == 2 * data.identity["train"]["images"]  # every image and its mirror
     assert len(data.val_features) == len(data.val_split)
     chapter.prepare(tiny_quick(), progress=True)
     assert "loaded the train features" in capsys.readouterr().out  # the second time, from the cache
@@ -45,7 +47,7 @@ def test_fit_record_and_rebuild(prepared, tmp_path):
     assert not any(p.requires_grad for p in run.model.backbone.parameters())
     profile = Profile(params=1, flops=1, activation_bytes=1, latency_ms=1.0, device="cpu")
     assert chapter.record(run, "FCN", chapter=2, profile=profile, reference={"channels": 512}) is None  # nothing shown
-    saved = json.loads((results.results_dir() / "fcn.quick.json").read_text())
+    saved = json.loads((results.results_dir() / "fcn.quick-full.json").read_text())  # the fake devkit: the full split
     assert saved["config"]["class"] == "seglab.heads.fcn.FCNHead" and saved["config"]["trained"]["channels"] == 8
     assert chapter.build(saved) is FCNHead and saved["backbone"] == "efficientnet_lite0"
     assert run.name == "FCN"  # the record's name, from then on
@@ -108,9 +110,12 @@ def test_seed_command_rebuilds_the_head_from_its_record(prepared):
     profile = Profile(params=1, flops=1, activation_bytes=1, latency_ms=1.0, device="cpu")
     chapter.record(run, "FCN", chapter=2, profile=profile, reference={})
     paths = seeds.rerun("fcn", [1, 2], prepared)
-    loaded = seeds.load("quick")
-    assert [p.name for p in paths] == ["fcn.seed1.quick.json", "fcn.seed2.quick.json"]
+    loaded = [r for _, r in seeds.load("quick", split="full")]
+    assert [p.name for p in paths] == ["fcn.seed1.quick-full.json", "fcn.seed2.quick-full.json"]
     assert [r["seed"] for r in loaded] == [1, 2] and all(r["head"] == "FCN" for r in loaded)
+    assert all(r["data"] == prepared.identity for r in loaded)  # the data they were trained on
+    measured, noise = seeds.spread("quick", split="full")
+    assert list(measured) == ["FCN"] and noise == measured["FCN"][0]
     with pytest.raises(FileNotFoundError, match="run its chapter first"):
         seeds.rerun("pspnet", [1], prepared)
 

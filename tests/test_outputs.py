@@ -98,3 +98,38 @@ def test_output_checks_catch_paths_and_stderr_and_spare_urls():
     nb.cells = [cell]
     hits = [(kind, bool(LOCAL_PATH.search(text))) for _, kind, text in stored_texts(nb)]
     assert hits == [("stream stdout", False), ("text/plain", True), ("stream stderr", True), ("error", True)]
+
+
+# What a checked cell (# NBVAL_CHECK_OUTPUT) must not print, since it differs from one machine to another: rounding
+# noise in e-notation (a nonzero value below 1e-4), a duration, a progress rate, an object's memory address.
+SMALL_FLOAT = re.compile(r"(?<![\w.])\d(?:\.\d+)?e-\d+\b")
+BOUND = re.compile(r"(?:<|<=|≤|below|under|within|tolerance|atol=?|rtol=?)\s*$")
+MACHINE_DEPENDENT = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s?(?:ms|µs|us|s|sec|seconds)\b(?!\w)"  # a duration
+                               r"|\d\s?it/s|image/s"  # a rate
+                               r"|\bat 0x[0-9a-f]+")  # an address
+
+
+def machine_dependent(text):
+    """The fragments of ``text`` that depend on the machine that printed them."""
+    found = [m.group() for m in SMALL_FLOAT.finditer(text) if 0 < float(m.group()) < 1e-4
+             and not BOUND.search(text[:m.start()])]  # "< 1e-12", "below 1e-5": the bound a check establishes
+    return found + [m.group() for m in MACHINE_DEPENDENT.finditer(text)]
+
+
+@pytest.mark.parametrize("notebook", notebooks(), ids=lambda p: p.name)
+def test_checked_cells_print_nothing_that_depends_on_the_machine(notebook):
+    """nbval compares a checked cell's output with the stored one on every machine: it must print what its check
+    establishes (``< 1e-12``), never float noise, timings or addresses."""
+    nb = nbformat.read(notebook, as_version=4)
+    checked = {i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in c.source}
+    found = [f"cell {index}: {hit!r}" for index, _, text in stored_texts(nb) if index in checked
+             for hit in machine_dependent(text)]
+    assert not found, f"{notebook.name}: checked cells print machine-dependent values:\n" + "\n".join(found)
+
+
+def test_the_machine_dependent_patterns():
+    assert machine_dependent("max |difference| 2.2e-16; max difference 1.1e-06") == ["2.2e-16", "1.1e-06"]
+    assert machine_dependent("trained in 20 s; 911.1 ms; 12.5it/s; <object at 0x7f3a2b>") == [
+        "20 s", "911.1 ms", "5it/s", "at 0x7f3a2b"]
+    assert machine_dependent("max |difference| < 1e-12; below 1e-5; lr 1e-2 is 1e-02; 0.0e+00; (1, 512, 64, 64); 3x3 convs; "
+                             "C5 (b, 320, 16, 16); 2 seeds") == []

@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -126,5 +127,49 @@ def test_mode_selection(monkeypatch):
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         modes.current()
     monkeypatch.delenv("SEGLAB_MODE")
+    monkeypatch.delenv("CI", raising=False)  # CI itself would choose ci mode
     assert modes.current().name == "quick" and modes.quick().channels(512) == 64
     assert modes.quick().frozen and not modes.brief().frozen and "frozen" in modes.quick().describe()
+
+
+def toy_features(n=4, bad=None):
+    """A small FeatureSet (levels C2..C5 of 8, 16, 32, 64 channels on a 32-pixel canvas); ``bad`` = (level, sample,
+    value) puts one non-finite value in."""
+    from seglab.features import FeatureSet
+    generator = torch.Generator().manual_seed(0)
+    levels = [torch.randn(n, c, 32 // s, 32 // s, generator=generator).half()
+              for c, s in zip((8, 16, 32, 64), (4, 8, 16, 32))]
+    if bad is not None:
+        level, sample, value = bad
+        levels[level][sample, 0, 0, 0] = value
+    masks = torch.randint(0, 21, (n, 32, 32), generator=generator).to(torch.uint8)
+    return FeatureSet([f"id{i}" for i in range(n)], torch.zeros(n, dtype=torch.bool), levels, masks,
+                      torch.tensor([[0, 0, 32, 32]] * n))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_training_and_scoring_refuse_non_finite_features(value):
+    from seglab.train import evaluate_head, train_head
+    mode = tiny_mode(crop=None)
+    head = FCNHead(64, 8, 21)
+    features = toy_features(bad=(2, 3, value))
+    with pytest.raises(ValueError, match=r"train features hold NaN or infinite values \(level 2, sample\(s\) \[3\]\)"):
+        train_head(head, features, mode, progress=False)
+    with pytest.raises(ValueError, match=r"val features hold NaN or infinite values \(level 2, sample\(s\) \[3\]\)"):
+        evaluate_head(head, features, mode, progress=False)
+    with pytest.raises(ValueError, match="val features hold NaN"):  # a damaged set, whichever part is scored
+        evaluate_head(head, features, tiny_mode(val_images=3), progress=False)
+    history = train_head(head, toy_features(), mode, progress=False)  # finite features train as before
+    assert len(history["loss"]) == 3 and all(map(math.isfinite, history["loss"]))
+
+
+def test_training_and_scoring_refuse_non_finite_images():
+    from seglab.voc import VOCSplit
+    images = torch.rand(4, 3, 32, 32) * 255
+    images[1, 2, 5, 5] = float("nan")
+    split = VOCSplit([f"id{i}" for i in range(4)], images, torch.zeros(4, 32, 32, dtype=torch.uint8),
+                     torch.tensor([[32, 32]] * 4))
+    with pytest.raises(ValueError, match=r"train images hold NaN or infinite values \(sample\(s\) \[1\]\)"):
+        train(tiny_model(), split, tiny_mode(), progress=False)
+    with pytest.raises(ValueError, match=r"val images hold NaN or infinite values \(sample\(s\) \[1\]\)"):
+        evaluate(tiny_model(), split, tiny_mode(), progress=False)

@@ -53,13 +53,13 @@ def browser():
         browser.close()
 
 
-def open_page(browser, url):
+def open_page(browser, url, wait_until="networkidle"):
     """Load a page; return it with the list of JavaScript errors it raised (console errors and exceptions)."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     errors = []
     page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(f"exception: {e}"))
-    page.goto(url, wait_until="networkidle")
+    page.goto(url, wait_until=wait_until)
     return page, errors
 
 
@@ -136,8 +136,11 @@ def search_terms():
 
 @pytest.mark.parametrize("term,chapter", search_terms())
 def test_search_finds_the_chapter_of_a_head(browser, server, term, chapter):
-    page, errors = open_page(browser, f"{server}/search.html?q={term}")
-    page.wait_for_selector("#search-results li a", timeout=15_000)
+    # wait for the search to say it has finished (results are listed one by one), not for the network to idle
+    page, errors = open_page(browser, f"{server}/search.html?q={term}", wait_until="domcontentloaded")
+    page.wait_for_function("() => (document.querySelector('#search-results .search-summary') || {}).textContent"
+                           "?.startsWith('Search finished')", timeout=15_000)
+    page.wait_for_load_state("load")
     hits = page.eval_on_selector_all("#search-results li a", "els => els.map(a => a.getAttribute('href'))")
     assert any(chapter in h for h in hits), f"searching {term!r} did not find {chapter}: {hits}"
     assert errors == []

@@ -6,7 +6,8 @@ Each notebook is its own ``pytest --nbval-lax`` process with its own kernel: not
 feature cache on disk (built before, by ``python -m seglab.chapter``). Every worker runs at one torch thread, so two
 workers use the two cores without oversubscribing them. Notebooks start longest first (by the execution times
 stored in them) so that the pool finishes together; the head-to-head chapter (90), which reads the records the
-others write, runs after all of them. Exits non-zero when any notebook fails, and prints its report.
+others write, is queued last (records are written atomically, so it never reads half a file). Exits non-zero when
+any notebook fails, and prints its report.
 """
 
 import argparse
@@ -53,12 +54,11 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     paths = [p.resolve() for p in args.notebooks] or sorted((ROOT / "chapters").glob("*.ipynb"))
-    last = [p for p in paths if p.name.startswith("90_")]  # reads every other chapter's record
-    first = sorted((p for p in paths if p not in last), key=stored_seconds, reverse=True)
-    start, outcomes = time.perf_counter(), []
+    last = [p for p in paths if p.name.startswith("90_")]  # reads the other chapters' records: queued last
+    queue = sorted((p for p in paths if p not in last), key=stored_seconds, reverse=True) + last
+    start = time.perf_counter()
     with ThreadPoolExecutor(args.workers) as pool:
-        outcomes += pool.map(run, first)
-    outcomes += map(run, last)
+        outcomes = list(pool.map(run, queue))
     failed = [(p, done) for p, _, done in outcomes if done.returncode != 0]
     for path, done in failed:
         print(f"\n===== {path.name} failed =====\n{done.stdout[-8000:]}\n{done.stderr[-4000:]}")

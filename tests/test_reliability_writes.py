@@ -2,6 +2,7 @@
 atomic helper, the exported modules and the executed notebooks. The failure is real: a child process whose file-size
 limit (RLIMIT_FSIZE) is smaller than what it writes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -117,3 +118,21 @@ def test_write_notebook_writes_what_nbformat_writes(tmp_path):
     nbformat.write(nb, tmp_path / "a.ipynb")
     export.write_notebook(nb, tmp_path / "b.ipynb")
     assert (tmp_path / "a.ipynb").read_bytes() == (tmp_path / "b.ipynb").read_bytes()
+
+
+def test_a_failed_results_save_leaves_the_old_record_readable(tmp_path):
+    """The reported case: a write failure left fcn.quick.json truncated, and every page that read records crashed."""
+    old = {"head": "FCN", "mode": {"name": "quick"}, "miou": 0.4}
+    (tmp_path / "fcn.quick.json").write_text(json.dumps(old))
+    done = run_limited(f"""
+        from pathlib import Path
+        from seglab import results
+        limit()
+        try:
+            results.save({{"head": "FCN", "mode": {{"name": "quick"}}, "miou": 0.5, "big": "x" * {4 * LIMIT}}},
+                         name="fcn", folder=Path({str(tmp_path)!r}))
+        except OSError as error:
+            print("failed:", error.errno)
+    """, tmp_path)
+    assert "failed: 27" in done.stdout, done.stderr
+    assert json.loads((tmp_path / "fcn.quick.json").read_text()) == old and leftovers(tmp_path) == []

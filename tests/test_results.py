@@ -62,3 +62,16 @@ def test_a_failed_weight_load_reaches_the_record_as_not_pretrained(tmp_path, mon
                          "images": 1}, mode=mode.quick(), pretrained=net.pretrained,
                          history={"time": [1.0], "loss": [1.0]}, seed=0)
     assert rec["pretrained"] is False
+
+
+def test_an_unreadable_record_is_named_and_skipped(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGLAB_RESULTS", str(tmp_path))
+    good = {"head": "FCN", "chapter": 2, "mode": {"name": "quick"}, "miou": 0.4}
+    (tmp_path / "fcn.quick.json").write_text(json.dumps(good))
+    (tmp_path / "pspnet.quick.json").write_text(json.dumps(good)[:20])  # truncated by a failed write
+    (tmp_path / "odd.quick.json").write_text("[1, 2]")  # JSON, but not a record
+    import pytest
+    with pytest.warns(UserWarning) as caught:
+        assert results.load_all("quick") == [good]
+    said = " ".join(str(w.message) for w in caught)
+    assert "odd.quick.json" in said and "pspnet.quick.json" in said and "re-run its chapter" in said

@@ -146,7 +146,7 @@ def comparison_table(records):
         p = r["profile"]
         rows.append({"head": r["head"], "params (M)": round(p["params"] / 1e6, 2),
                      "GFLOPs": round(p["flops"] / 1e9, 1), "activations (MiB)": round(p["activation_bytes"] / 2**20),
-                     f"latency (ms)": round(p["latency_ms"], 1), "latency device": p["device"],
+                     "latency (ms)": round(p["latency_ms"], 1), "latency device": p["device"],
                      "mIoU (%)": round(100 * r["miou"], 1), "mode": r["mode"]["name"],
                      "pretrained": r["pretrained"]})
     return rows

@@ -9,7 +9,6 @@ head is a tie.
 """
 
 import argparse
-import json
 import re
 
 from seglab import chapter, results

@@ -74,7 +74,6 @@ def test_stale_and_corrupt_caches_are_said_and_rebuilt(devkit, capsys):
 
 def test_stale_cache_names_what_changed(devkit, capsys):
     files = split_files("val", 64)
-    split = files.load(progress=False)
     fc.cached(Probe(), files, progress=False)
     fc.cached(Probe(), files, flip=True, progress=False)
     out = capsys.readouterr().out
@@ -83,7 +82,6 @@ def test_stale_cache_names_what_changed(devkit, capsys):
 
 def test_an_interrupted_write_leaves_no_cache(devkit, monkeypatch):
     files = split_files("val", 64)
-    split = files.load(progress=False)
 
     def interrupted(payload, file):
         file.write(b"partial")
@@ -98,7 +96,6 @@ def test_an_interrupted_write_leaves_no_cache(devkit, monkeypatch):
 
 def test_crops_cut_every_level_and_the_mask_at_the_same_place(devkit):
     files = split_files("train", 64)
-    split = files.load(progress=False)
     features = fc.cached(Probe(), files, flip=True, progress=False)
     generator = torch.Generator().manual_seed(0)
     levels, masks = features.crops(torch.arange(len(features)), 48, generator)

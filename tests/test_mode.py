@@ -1,6 +1,5 @@
 """ci mode: chosen by CI or SEGLAB_MODE=ci, the quick protocol on a budget, and records that never reach the book."""
 
-import dataclasses
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ from torch import nn
 from seglab import mode as modes
 from seglab import results
 from seglab.chapter import shown_ids
-from seglab.profile import Profile, latency_ms
+from seglab.profile import latency_ms
 from seglab.voc import VOCSplit
 
 

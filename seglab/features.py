@@ -5,9 +5,10 @@ images and their mirror images, val images) and kept on disk under the cache dir
 on exactly the same inputs, and a chapter's training takes seconds instead of hours.
 
 A cache file holds its key: backbone, weights hash, output stride, canvas size, the ids, a fingerprint of the image
-and mask files (sizes and modification times) and whether mirrors are included. A file made with other settings is *stale*; a file that does not load or whose contents do not match
-their recorded SHA-256 is *corrupt*. Either is said and rebuilt. Files are written atomically (a temporary file,
-then a rename), so an interrupted run never leaves a half-written cache behind.
+and mask files (sizes and modification times) and whether mirrors are included. A file made with other settings
+is *stale*; a file that does not load or whose contents do not match their recorded SHA-256 is *corrupt*. Either
+is said and rebuilt. Files are written atomically (a temporary file, then a rename), so an interrupted run never
+leaves a half-written cache behind.
 """
 
 import hashlib
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from seglab.atomic import remove_orphans, replacing
 from seglab.augment import normalize
 from seglab.voc import cache_dir
 
@@ -199,39 +201,20 @@ def check_writable(folder):
 
 
 def save(path, key, features):
-    """Write atomically: a temporary file in the same folder, fsync, then a rename. A failed write (a full disk)
-    says what failed and where, and leaves neither a partial cache nor its temporary file behind; orphan
-    temporary files of killed processes are removed."""
+    """Write atomically (``seglab.atomic``). A failed write (a full disk) says what failed and where, and leaves
+    neither a partial cache nor its temporary file behind; orphan temporary files of killed processes, about the
+    size of the cache each, are removed first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    for orphan in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed process (ours carry our pid)
-        pid = orphan.name.rsplit(".", 2)[-2]
-        if not (pid.isdigit() and _alive(int(pid))):
-            orphan.unlink(missing_ok=True)
+    remove_orphans(path)
     payload = {"key": key, "ids": features.ids, "flipped": features.flipped, "levels": features.levels,
                "masks": features.masks, "boxes": features.boxes,
                "sha256": digest([*features.levels, features.masks, features.flipped, features.boxes])}
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "wb") as file:
+        with replacing(path) as file:
             torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
     except (OSError, RuntimeError) as error:
         raise OSError(f"Writing the feature cache {path} failed ({error}); the disk may be full. Free "
                       f"{nbytes(features) / 2**20:.0f} MiB there, or point SEGLAB_CACHE at another disk.") from error
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def nbytes(features):

@@ -11,7 +11,7 @@
   weights can be downloaded (Colab). Where they cannot, the run falls back to EfficientNet-Lite0, fine-tuned,
   and says so in its output and in its record: it never trains from scratch silently.
 - **ci**: the quick protocol, same backbone, same feature cache and same code path, on a budget that only checks
-  that every cell runs: a few training iterations, a few val images, one untimed-warm-up latency pass. Its records
+  that every cell runs: a few training iterations, a few val images, one latency pass without warm-up. Its records
   carry the mode name ``ci``, so no comparison ever ranks them with quick-mode records, and they never go to the
   book's ``book/results`` (``seglab.results.save`` refuses). The book's stored outputs come from quick mode.
 """
@@ -51,8 +51,8 @@ class Mode:
     def describe(self):
         """One line for a chapter's output: what produces its numbers."""
         if self.name == "ci":
-            return (f"ci mode on {self.device}: the quick protocol (frozen ImageNet {self.backbone}, cached features of "
-                    f"{self.image_size}-px images) on the test suite's budget of {self.iters} iterations of batch "
+            return (f"ci mode on {self.device}: the quick protocol (frozen ImageNet {self.backbone}, cached features "
+                    f"of {self.image_size}-px images) on the test suite's budget of {self.iters} iterations of batch "
                     f"{self.batch} and {self.val_images} val images: its numbers check that the code runs, they "
                     "measure nothing")
         if self.frozen:

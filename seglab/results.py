@@ -75,10 +75,10 @@ def save(record, name=None, folder=None):
 
 
 def file_name(name, mode):
-    """``<name>.<mode>.json`` for a run on the book's subset, ``<name>.<mode>-full.json`` on the full split: a reader's
-    full-split run never overwrites the record of the book's."""
-    split = mode.get("split", "book") if isinstance(mode, dict) else mode.split
-    return f"{name}.{mode['name'] if isinstance(mode, dict) else mode.name}{'' if split == 'book' else '-' + split}.json"
+    """``<name>.<mode>.json`` for a run on the book's subset, ``<name>.<mode>-full.json`` on the full split (``mode``
+    as a record holds it, ``Mode.as_dict()``): a reader's full-split run never overwrites the record of the book's."""
+    split = mode.get("split", "book")
+    return f"{name}.{mode['name']}{'' if split == 'book' else '-' + split}.json"
 
 
 def split_of(record):
@@ -109,7 +109,7 @@ def load_all(mode=None, folder=None, split=None):
 
 
 # What a comparison holds fixed: the settings of the mode that change what is trained and evaluated (not the device,
-# the evaluation batch or the latency repeats), and the data (see ``data_identity``).
+# the evaluation batch or the latency repeats), and the data (``voc.SplitFiles.identity``).
 NOT_PROTOCOL = ("device", "eval_batch", "latency_repeats")
 
 

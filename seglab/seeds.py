@@ -25,7 +25,7 @@ def source(name, mode):
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", name):
         raise ValueError(f"{name!r} is not a record name: use the name of a chapter's record file, e.g. fcn for "
                          "fcn.quick.json (letters, digits, _ and -).")
-    path = results.results_dir() / results.file_name(name, mode)
+    path = results.results_dir() / results.file_name(name, mode.as_dict())
     if not path.is_file():
         raise FileNotFoundError(f"No record {path.name} in the results folder: run its chapter first "
                                 "(python -m seglab.execute chapters/...).")

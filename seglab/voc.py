@@ -6,6 +6,8 @@ then the cache directory (``$SEGLAB_CACHE`` or ``~/.cache/seglab``), where it is
 
 import hashlib
 import os
+import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -114,10 +116,7 @@ def read_ids(devkit, split):
     listed = [line.strip() for line in text.splitlines() if line.strip()]
     ids = list(dict.fromkeys(listed))
     if len(ids) < len(listed):
-        import warnings
-        counts = {}
-        for i in listed:
-            counts[i] = counts.get(i, 0) + 1
+        counts = Counter(listed)
         twice = [i for i in ids if counts[i] > 1]
         warnings.warn(f"The split file {path} lists {len(twice)} ids more than once ({', '.join(twice[:8])}"
                       f"{', ...' if len(twice) > 8 else ''}); each is used once ({len(ids)} ids, not {len(listed)}).")
@@ -213,7 +212,6 @@ def palette_to_index(array, palette, path):
     for u, c in colour.items():
         lookup[u] = codes[c]
     moved = {u: int(lookup[u]) for u in colour if lookup[u] != u}
-    import warnings
     warnings.warn(f"The mask {path} is a re-indexed palette PNG (its palette does not put VOC's colours at VOC's "
                   f"indices); mapped it by colour to class indices (stored index -> class: {moved}). Re-save it with "
                   "the VOC palette to silence this.")
@@ -221,7 +219,6 @@ def palette_to_index(array, palette, path):
 
 
 def rgb_to_index(array, path):
-    import warnings
     codes = {tuple(int(v) for v in PALETTE[c]): c for c in list(range(len(CLASSES))) + [IGNORE]}
     flat = array.reshape(-1, 3)
     colours, inverse = np.unique(flat, axis=0, return_inverse=True)
@@ -273,7 +270,6 @@ def check_disjoint(train_ids, val_ids):
     """Warn when train and val share images: val scores would then measure memory, not generalisation."""
     shared = sorted(set(train_ids) & set(val_ids))
     if shared:
-        import warnings
         warnings.warn(f"{len(shared)} ids are in both train and val ({', '.join(shared[:5])}"
                       f"{', ...' if len(shared) > 5 else ''}): val scores of this data are not to be trusted. Check "
                       "the split files under ImageSets/Segmentation.")

@@ -3,7 +3,7 @@
     python scripts/run_notebooks.py [--workers 2] [notebook ...]
 
 Each notebook is its own ``pytest --nbval-lax`` process with its own kernel: nothing is shared between them but the
-feature cache on disk (built before, by ``python -m seglab.chapter``). Every worker runs at one torch thread, so two
+feature cache on disk (built before, by ``python -m seglab.book.chapter``). Every worker runs at one torch thread, so two
 workers use the two cores without oversubscribing them. Notebooks start longest first (by the execution times
 stored in them) so that the pool finishes together; the head-to-head chapter (90), which reads the records the
 others write, is queued last (records are written atomically, so it never reads half a file). Exits non-zero when

@@ -23,7 +23,7 @@ phase() {  # phase NAME: the seconds since the previous phase ended
 
 python -m pytest tests --ignore=tests/site -q -p no:cacheprovider
 phase "unit tests"
-python -m seglab.chapter  # the data and the feature cache, once, before the notebooks share it
+python -m seglab.book.chapter  # the data and the feature cache, once, before the notebooks share it
 phase "feature cache"
 python scripts/run_notebooks.py --workers 2
 phase "nbval of every notebook"

@@ -13,7 +13,7 @@
 - **ci**: the quick protocol, same backbone, same feature cache and same code path, on a budget that only checks
   that every cell runs: a few training iterations, a few val images, one latency pass without warm-up. Its records
   carry the mode name ``ci``, so no comparison ever ranks them with quick-mode records, and they never go to the
-  book's ``book/results`` (``seglab.results.save`` refuses). The book's stored outputs come from quick mode.
+  book's ``book/results`` (``seglab.book.results.save`` refuses). The book's stored outputs come from quick mode.
 """
 
 import os
@@ -40,13 +40,20 @@ class Mode:
     eval_batch: int
     latency_repeats: int
     split: str = "book"  # "book": the book's VOC subset, shipped with seglab (311 train, 220 val); "full": every id
+    floor: int = 8  # no head's classifier reads fewer channels than this (its reference permitting): see ``head_channels``
+    standardize: bool = False  # frozen protocol: each cached feature channel scaled to zero mean, unit variance
 
     def as_dict(self):
         return asdict(self)
 
     def channels(self, reference):
-        """A head's channel count in this mode: the reference one scaled by ``width`` (at least 8)."""
+        """A width of a head in this mode: the reference one scaled by ``width``, at least 8."""
         return max(8, int(reference * self.width))
+
+    def head_channels(self, reference):
+        """The width a head's classifier reads (mmsegmentation's ``channels`` of a decode head): as ``channels``, but
+        at least ``floor`` (or the reference, if narrower). The other widths of the head stay at ``channels``."""
+        return min(reference, max(self.floor, self.channels(reference)))
 
     def describe(self):
         """One line for a chapter's output: what produces its numbers."""
@@ -70,8 +77,8 @@ def quick(device="cpu"):
     the slowest generation-1 head (UPerNet, whose fusion runs at stride 4) then trains and evaluates in about a
     minute on 2 CPU cores."""
     return Mode(name="quick", device=device, backbone="efficientnet_lite0", output_stride=16, frozen=True,
-                width=0.125, image_size=256, crop=192, batch=8, iters=250, lr=0.01, optimizer="adamw",
-                val_images=None, eval_batch=32, latency_repeats=2)
+                width=0.125, image_size=256, crop=192, batch=8, iters=250, lr=0.03, optimizer="adamw",
+                val_images=None, eval_batch=32, latency_repeats=2, floor=64, standardize=True)
 
 
 def ci(device="cpu"):

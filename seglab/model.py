@@ -1,16 +1,9 @@
 """The segmentor: backbone -> decode head (-> optional auxiliary head), logits resized to the image."""
 
-import torch.nn.functional as F
 from torch import nn
 
-from seglab.blocks import resize
-from seglab.voc import IGNORE
-
-
-def seg_loss(logits, masks):
-    """Pixel-wise cross-entropy; void pixels (255) contribute nothing, and the mean is over the other pixels
-    (mmsegmentation's ``avg_non_ignore=True``; its older default divided by every pixel, void included)."""
-    return F.cross_entropy(logits, masks, ignore_index=IGNORE)
+from seglab.nn.blocks import resize
+from seglab.nn.losses import seg_loss
 
 
 def head_losses(head, features, masks):

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from seglab.augment import epoch_batches, eval_batches, normalize, train_batches
-from seglab.blocks import resize
-from seglab.features import check_finite
-from seglab.metrics import confusion_matrix, scores
+from seglab.data.augment import epoch_batches, eval_batches, normalize, train_batches
+from seglab.data.features import check_finite
+from seglab.metrics import VOCScorer, confusion_matrix, scores
 from seglab.model import head_losses
+from seglab.nn.blocks import resize
 
 
 def seed_everything(seed=0):
@@ -114,13 +114,15 @@ def fit(module, batches, losses_of, mode, optimizer=None, lr=None, progress=True
 
 @torch.no_grad()
 def evaluate(model, split, mode, num_classes=21, progress=True):
-    """End-to-end evaluation: mIoU, per-class IoU and pixel accuracy over ``mode.val_images`` validation images
-    (all if None), with the class map of each image (on its padded canvas, uint8) under ``predictions``."""
+    """End-to-end evaluation of ``mode.val_images`` validation images (all if None): see ``confusion_scores``, with
+    the class map of each image (on its padded canvas, uint8) under ``predictions``."""
     model.to(mode.device).eval()
     n = len(split) if mode.val_images is None else min(mode.val_images, len(split))
     check_finite([split.images[:n]], "the val images")
     batches = eval_batches(split, mode.eval_batch, mode.device, limit=n)
-    return confusion_scores(lambda images: model(images), batches, n, mode, num_classes, progress)
+    boxes = [(0, 0, h, w) for h, w in split.sizes[:n].tolist()]  # the image sits top-left on its canvas
+    return confusion_scores(lambda images: model(images), batches, n, mode, num_classes, progress,
+                            scorer=voc_scorer(split, num_classes), boxes=boxes)
 
 
 @torch.no_grad()
@@ -132,24 +134,43 @@ def evaluate_head(head, features, mode, num_classes=21, progress=True):
     batches = (features.batch(slice(s, min(s + mode.eval_batch, n)), mode.device)
                for s in range(0, n, mode.eval_batch))
     size = features.masks.shape[-2:]  # the canvas: logits are resized to it, as the Segmentor does to the image
-    return confusion_scores(lambda f: resize(head(f), size), batches, n, mode, num_classes, progress)
+    return confusion_scores(lambda f: resize(head(f), size), batches, n, mode, num_classes, progress,
+                            scorer=voc_scorer(features, num_classes), boxes=features.boxes[:n].tolist())
 
 
-def confusion_scores(logits_of, batches, n, mode, num_classes, progress):
+def voc_scorer(samples, num_classes):
+    """A ``VOCScorer`` over the original masks ``samples`` carry (a val ``VOCSplit`` or ``FeatureSet`` that
+    ``chapter.prepare`` gave them), or None: then scores are of the masks on the canvas (train-set checks)."""
+    originals = getattr(samples, "originals", None)
+    return None if originals is None else VOCScorer(originals, num_classes, bands=samples.bands)
+
+
+def confusion_scores(logits_of, batches, n, mode, num_classes, progress, scorer=None, boxes=None):
+    """mIoU, per-class IoU and pixel accuracy of the first ``n`` samples. With a ``scorer`` (val samples that carry
+    their original masks) these are VOC's scores: every prediction resized to its image's original size and
+    compared with its original mask, plus the confusion matrix, the boundary mIoU and per-image counts (see
+    ``seglab.metrics.VOCScorer``). Without one, on the masks as they lie on the canvas."""
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    predictions = []
+    predictions, k = [], 0
     for inputs, masks in tqdm(batches, total=math.ceil(n / mode.eval_batch), desc="evaluating",
                               disable=not progress):
         try:
             with torch.autocast("cuda", dtype=torch.float16, enabled=mode.device.startswith("cuda")):
-                pred = logits_of(inputs).max(1).indices  # max().indices: much faster than argmax on CPU
+                logits = logits_of(inputs)  # (b, classes, S, S) on the canvas
+                pred = logits.max(1).indices  # max().indices: much faster than argmax on CPU
         except torch.OutOfMemoryError as error:
             raise torch.OutOfMemoryError(
                 f"CUDA ran out of memory evaluating batches of {mode.eval_batch}. Lower the evaluation batch, e.g. "
                 f"MODE = dataclasses.replace(MODE, eval_batch={max(1, mode.eval_batch // 2)}).") from error
-        confusion += confusion_matrix(pred, masks, num_classes)
+        if scorer is None:
+            confusion += confusion_matrix(pred, masks, num_classes)
+        else:
+            for one in logits.cpu():
+                scorer.add(k, one, boxes[k])
+                k += 1
         predictions.append(pred.to(torch.uint8).cpu())
-    return {**scores(confusion), "images": n, "predictions": torch.cat(predictions)}
+    found = scores(confusion) if scorer is None else scorer.result()
+    return {**found, "images": n, "predictions": torch.cat(predictions)}
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seglab.voc import PALETTE
+from seglab.data.voc import PALETTE
 
 
 def write_voc(root, train=6, val=4, size=(40, 56), seed=0):

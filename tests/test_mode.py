@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from seglab import mode as modes
-from seglab import results
-from seglab.chapter import shown_ids
-from seglab.profile import latency_ms
-from seglab.voc import VOCSplit
+from seglab.book import results
+from seglab.book.chapter import shown_ids
+from seglab.book.profile import latency_ms
+from seglab.data.voc import VOCSplit
 
 
 @pytest.mark.parametrize("ci, chosen, expected", [("true", "", "ci"), ("1", "", "ci"), ("false", "", "quick"),
@@ -71,7 +71,7 @@ def test_shown_ids_come_from_the_evaluated_images():
 
 
 def test_stored_outputs_never_come_from_ci_mode(monkeypatch):
-    from seglab import execute
+    from seglab.book import execute
     monkeypatch.setenv("SEGLAB_MODE", "ci")
     with pytest.raises(SystemExit, match="ci mode.*SEGLAB_MODE=quick"):
         execute.execute("chapters/02_fcn.ipynb")

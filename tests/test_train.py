@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from seglab import mode as modes
-from seglab.backbone import resnet18
+from seglab.backbones.resnet import resnet18
+from seglab.data.voc import load_split
 from seglab.heads.fcn import FCNHead
-from seglab.model import Segmentor, auxiliary_head, seg_loss
+from seglab.model import Segmentor, auxiliary_head
+from seglab.nn.losses import seg_loss
 from seglab.train import evaluate, poly_lr, predict, seed_everything, train
-from seglab.voc import load_split
 
 
 def tiny_mode(**changes):
@@ -135,7 +136,7 @@ def test_mode_selection(monkeypatch):
 def toy_features(n=4, bad=None):
     """A small FeatureSet (levels C2..C5 of 8, 16, 32, 64 channels on a 32-pixel canvas); ``bad`` = (level, sample,
     value) puts one non-finite value in."""
-    from seglab.features import FeatureSet
+    from seglab.data.features import FeatureSet
     generator = torch.Generator().manual_seed(0)
     levels = [torch.randn(n, c, 32 // s, 32 // s, generator=generator).half()
               for c, s in zip((8, 16, 32, 64), (4, 8, 16, 32))]
@@ -164,7 +165,7 @@ def test_training_and_scoring_refuse_non_finite_features(value):
 
 
 def test_training_and_scoring_refuse_non_finite_images():
-    from seglab.voc import VOCSplit
+    from seglab.data.voc import VOCSplit
     images = torch.rand(4, 3, 32, 32) * 255
     images[1, 2, 5, 5] = float("nan")
     split = VOCSplit([f"id{i}" for i in range(4)], images, torch.zeros(4, 32, 32, dtype=torch.uint8),

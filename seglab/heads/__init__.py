@@ -1,1 +1,1 @@
-"""Decode heads, exported from the chapters' notebooks by ``python -m seglab.export`` (edit the notebooks)."""
+"""Decode heads, exported from the chapters' notebooks by ``python -m seglab.book.export`` (edit the notebooks)."""

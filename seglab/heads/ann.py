@@ -1,4 +1,4 @@
-# Generated from chapters/16_ann.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/16_ann.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """Asymmetric non-local head (Zhu et al., ICCV 2019), configured as mmsegmentation's ANNHead."""
@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from seglab.attention import attend, attention_weights
-from seglab.blocks import ConvBNReLU, classifier, select
+from seglab.nn.attention import attend, attention_weights
+from seglab.nn.blocks import ConvBNReLU, classifier, select
 
 
 class PyramidPool(nn.Module):

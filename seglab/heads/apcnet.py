@@ -1,4 +1,4 @@
-# Generated from chapters/22_apcnet.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/22_apcnet.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """APCNet (He et al., CVPR 2019): Adaptive Context Modules at several pooling scales, configured as mmsegmentation's
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from seglab.blocks import ConvBNReLU, classifier, one_level
+from seglab.nn.blocks import ConvBNReLU, classifier, one_level
 
 
 def adaptive_context(affinity, pooled):

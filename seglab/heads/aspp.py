@@ -1,4 +1,4 @@
-# Generated from chapters/04_aspp.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/04_aspp.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """Atrous spatial pyramid pooling and the DeepLabV3 head (Chen et al., 2017), configured as mmsegmentation's
@@ -8,7 +8,7 @@ import torch
 from einops import reduce
 from torch import nn
 
-from seglab.blocks import ConvBNReLU, DepthwiseSeparableConv, classifier, one_level, resize
+from seglab.nn.blocks import ConvBNReLU, DepthwiseSeparableConv, classifier, one_level, resize
 
 
 class ImagePool(nn.Module):

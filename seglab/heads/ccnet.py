@@ -1,4 +1,4 @@
-# Generated from chapters/14_ccnet.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/14_ccnet.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """Criss-cross attention and the CCNet head (Huang et al., ICCV 2019), configured as mmsegmentation's CCHead."""
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import nn
 
-from seglab.blocks import one_level
+from seglab.nn.blocks import one_level
 from seglab.heads.fcn import FCNHead
 
 

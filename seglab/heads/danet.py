@@ -1,4 +1,4 @@
-# Generated from chapters/15_danet.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/15_danet.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """DANet's dual-attention head (Fu et al., CVPR 2019), configured as mmsegmentation's DAHead."""
@@ -7,9 +7,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from seglab.attention import attend, attention_weights
-from seglab.blocks import ConvBNReLU, classifier, one_level, resize
-from seglab.model import seg_loss
+from seglab.nn.attention import attend, attention_weights
+from seglab.nn.blocks import ConvBNReLU, classifier, one_level, resize
+from seglab.nn.losses import seg_loss
 
 
 class PAM(nn.Module):

@@ -1,4 +1,4 @@
-# Generated from chapters/07_deeplabv3plus.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/07_deeplabv3plus.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """DeepLabV3+ head (Chen et al., ECCV 2018), configured as mmsegmentation's DepthwiseSeparableASPPHead."""
@@ -6,7 +6,7 @@
 import torch
 from torch import nn
 
-from seglab.blocks import ConvBNReLU, DepthwiseSeparableConv, classifier, one_level, resize, select
+from seglab.nn.blocks import ConvBNReLU, DepthwiseSeparableConv, classifier, one_level, resize, select
 from seglab.heads.aspp import ASPP
 
 

@@ -1,4 +1,4 @@
-# Generated from chapters/23_dmnet.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/23_dmnet.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """DMNet's head (He, Deng and Qiao, ICCV 2019): dynamic convolutional modules whose depthwise filters are generated
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from seglab.blocks import ConvBNReLU, classifier, one_level
+from seglab.nn.blocks import ConvBNReLU, classifier, one_level
 
 
 def same_padding(filter_size):

@@ -1,4 +1,4 @@
-# Generated from chapters/13_dnl.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/13_dnl.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """Disentangled non-local head (Yin et al., ECCV 2020), configured as mmsegmentation's DNLHead."""
@@ -9,8 +9,8 @@ import torch
 from einops import einsum, rearrange, reduce
 from torch import nn
 
-from seglab.attention import attend, attention_weights
-from seglab.blocks import one_level
+from seglab.nn.attention import attend, attention_weights
+from seglab.nn.blocks import one_level
 from seglab.heads.fcn import FCNHead
 
 

@@ -1,11 +1,11 @@
-# Generated from chapters/08_dsconv_fcn.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/08_dsconv_fcn.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """Depthwise-separable FCN head (Fast-SCNN's classifier), configured as mmsegmentation's DepthwiseSeparableFCNHead."""
 
 from torch import nn
 
-from seglab.blocks import DepthwiseSeparableConv
+from seglab.nn.blocks import DepthwiseSeparableConv
 from seglab.heads.fcn import FCNHead
 
 

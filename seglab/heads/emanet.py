@@ -1,4 +1,4 @@
-# Generated from chapters/19_emanet.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/19_emanet.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """EMANet's head (Li et al., ICCV 2019): attention through a few bases found by expectation-maximisation,
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import nn
 
-from seglab.blocks import ConvBNReLU, classifier, one_level
+from seglab.nn.blocks import ConvBNReLU, classifier, one_level
 
 
 def em_step(x, bases):

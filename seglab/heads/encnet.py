@@ -1,4 +1,4 @@
-# Generated from chapters/20_encnet.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/20_encnet.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """EncNet (Zhang et al., CVPR 2018): the Context Encoding Module and its SE-loss, configured as mmsegmentation's
@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import nn
 
-from seglab.blocks import ConvBNReLU, classifier, resize, select
-from seglab.model import seg_loss
+from seglab.nn.blocks import ConvBNReLU, classifier, resize, select
+from seglab.nn.losses import seg_loss
 
 
 def soft_assignment(x, codewords, scale):

@@ -1,4 +1,4 @@
-# Generated from chapters/02_fcn.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/02_fcn.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """FCN head (Long et al., CVPR 2015), configured as mmsegmentation's FCNHead."""
@@ -6,7 +6,7 @@
 import torch
 from torch import nn
 
-from seglab.blocks import ConvBNReLU, classifier, one_level
+from seglab.nn.blocks import ConvBNReLU, classifier, one_level
 
 
 class FCNHead(nn.Module):

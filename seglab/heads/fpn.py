@@ -1,4 +1,4 @@
-# Generated from chapters/05_fpn.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/05_fpn.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """Semantic FPN (Kirillov et al., CVPR 2019): the FPN neck (Lin et al., CVPR 2017) and the FPN head of Panoptic
@@ -9,7 +9,7 @@ import math
 import torch.nn.functional as F
 from torch import nn
 
-from seglab.blocks import ConvBNReLU, check_features, classifier, resize, select
+from seglab.nn.blocks import ConvBNReLU, check_features, classifier, resize, select
 
 
 def top_down(laterals, mode="nearest"):

@@ -1,4 +1,4 @@
-# Generated from chapters/12_gcnet.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/12_gcnet.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """GCNet head (Cao et al., ICCVW 2019), configured as mmsegmentation's GCHead: FCN's head with a global context block
@@ -8,8 +8,8 @@ import torch
 from einops import rearrange, reduce
 from torch import nn
 
-from seglab.attention import attend
-from seglab.blocks import one_level
+from seglab.nn.attention import attend
+from seglab.nn.blocks import one_level
 from seglab.heads.fcn import FCNHead
 
 

@@ -1,4 +1,4 @@
-# Generated from chapters/17_isanet.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/17_isanet.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """ISANet head: interlaced sparse self-attention, long-range then short-range, as mmsegmentation's ``ISAHead``."""
@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from seglab.attention import attend
-from seglab.blocks import ConvBNReLU, classifier, one_level
+from seglab.nn.attention import attend
+from seglab.nn.blocks import ConvBNReLU, classifier, one_level
 
 
 class SelfAttentionBlock(nn.Module):

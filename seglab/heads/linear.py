@@ -1,11 +1,11 @@
-# Generated from chapters/01_pipeline.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/01_pipeline.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """The linear probe: the smallest head, the floor every other head must beat."""
 
 from torch import nn
 
-from seglab.blocks import classifier, one_level
+from seglab.nn.blocks import classifier, one_level
 
 
 class LinearHead(nn.Module):

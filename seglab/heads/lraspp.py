@@ -1,4 +1,4 @@
-# Generated from chapters/10_lraspp.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/10_lraspp.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """Lite R-ASPP (Howard et al., Searching for MobileNetV3, ICCV 2019), configured as mmsegmentation's LRASPPHead."""
@@ -7,7 +7,7 @@ import torch
 from einops import reduce
 from torch import nn
 
-from seglab.blocks import ConvBNReLU, classifier, resize, select
+from seglab.nn.blocks import ConvBNReLU, classifier, resize, select
 
 
 class LRASPPHead(nn.Module):

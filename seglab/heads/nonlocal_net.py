@@ -1,4 +1,4 @@
-# Generated from chapters/11_nonlocal.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/11_nonlocal.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """Non-local head (Wang et al., CVPR 2018), configured as mmsegmentation's NLHead: FCN's head with an embedded-Gaussian
@@ -10,8 +10,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from seglab.attention import attend, attention_weights
-from seglab.blocks import ConvBNReLU, one_level
+from seglab.nn.attention import attend, attention_weights
+from seglab.nn.blocks import ConvBNReLU, one_level
 from seglab.heads.fcn import FCNHead
 
 

@@ -1,4 +1,4 @@
-# Generated from chapters/21_ocrnet.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/21_ocrnet.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """OCRNet (Yuan et al., ECCV 2020): object-contextual representations, configured as mmsegmentation's
@@ -10,10 +10,10 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from seglab.attention import attend, attention_weights
-from seglab.blocks import ConvBNReLU, classifier, resize, select
+from seglab.nn.attention import attend, attention_weights
+from seglab.nn.blocks import ConvBNReLU, classifier, resize, select
 from seglab.heads.fcn import FCNHead
-from seglab.model import seg_loss
+from seglab.nn.losses import seg_loss
 
 
 def object_regions(feats, region_logits, scale=1.0):

@@ -1,4 +1,4 @@
-# Generated from chapters/09_pointrend.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/09_pointrend.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """PointRend (Kirillov et al., CVPR 2020) for semantic segmentation, configured as mmsegmentation's
@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from seglab.blocks import resize
+from seglab.nn.blocks import resize
 from seglab.heads.fpn import FPN, FPNHead
-from seglab.model import seg_loss
-from seglab.voc import IGNORE
+from seglab.nn.losses import seg_loss
+from seglab.data.voc import IGNORE
 
 
 def uncertainty(logits):

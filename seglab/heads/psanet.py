@@ -1,4 +1,4 @@
-# Generated from chapters/18_psanet.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/18_psanet.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """PSANet head: point-wise spatial attention, collect and distribute, as mmsegmentation's ``PSAHead``, with mmcv's
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from seglab.blocks import ConvBNReLU, classifier, one_level
+from seglab.nn.blocks import ConvBNReLU, classifier, one_level
 
 
 @lru_cache(maxsize=16)

@@ -1,4 +1,4 @@
-# Generated from chapters/03_pspnet.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/03_pspnet.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """Pyramid Pooling Module and PSPNet head (Zhao et al., CVPR 2017), configured as mmsegmentation's PSPHead."""
@@ -6,7 +6,7 @@
 import torch
 from torch import nn
 
-from seglab.blocks import ConvBNReLU, classifier, one_level, resize
+from seglab.nn.blocks import ConvBNReLU, classifier, one_level, resize
 
 
 class PPM(nn.ModuleList):

@@ -1,4 +1,4 @@
-# Generated from chapters/06_upernet.ipynb by `python -m seglab.export`. Edit the notebook, not this file.
+# Generated from chapters/06_upernet.ipynb by `python -m seglab.book.export`. Edit the notebook, not this file.
 
 
 """UPerNet head (Xiao et al., ECCV 2018), configured as mmsegmentation's UPerHead: the Pyramid Pooling Module on the
@@ -7,7 +7,7 @@ deepest level, an FPN over all levels, and a 3x3 fusion of all FPN outputs at th
 import torch
 from torch import nn
 
-from seglab.blocks import ConvBNReLU, classifier, resize_concat, select
+from seglab.nn.blocks import ConvBNReLU, classifier, resize_concat, select
 from seglab.heads.fpn import FPN
 from seglab.heads.psp import PPM
 

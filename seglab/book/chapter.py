@@ -203,18 +203,20 @@ def repeat(run, seeds=(1, 2)):
     from seglab.book import stats
     if not getattr(run, "record_name", None):
         raise ValueError("Record the run first (chapter.record), so that its seeds have a record to repeat.")
-    for seed in results.check_seeds(seeds):
-        again = fit(type(run.head), run.data, seed=seed, name=f"{run.name} (seed {seed})", progress=False, **run.config)
-        results.save_seed(again, run.name, chapter_of(run), run.record_name)
+    train_seeds(type(run.head), run.config, run.data, seeds, run.name, run.record_chapter, run.record_name)
     mode = run.data.mode
     summary = stats.summary(stats.runs(mode.name, mode.split)[run.name])
     print(f"{run.name} over {summary['n']} seeds: mIoU {summary['mean']:.1f} ± {summary['sd']:.1f}% (mean ± sd; "
           "seeds " + ", ".join(f"{v:.1f}" for v in summary["values"]) + ")")
 
 
-def chapter_of(run):
-    """The chapter number the run was recorded under (``record`` keeps it on the run)."""
-    return run.record_chapter
+def train_seeds(head_class, config, data, seeds, head, chapter, name):
+    """Train ``head_class(**config)`` on ``data`` once per seed and write each run's seed record (of head ``head``
+    of ``chapter``, recorded as ``<name>.<mode>.json``); returns the paths. ``repeat`` and ``python -m
+    seglab.book.seeds`` both train seeds through it."""
+    return [results.save_seed(fit(head_class, data, seed=seed, name=f"{head} (seed {seed})", progress=False, **config),
+                              head, chapter, name)
+            for seed in results.check_seeds(seeds)]
 
 
 def evaluate_run(run, progress=True):

@@ -37,12 +37,9 @@ def source(name, mode):
 
 def rerun(name, seeds, data):
     """Train the head of record ``<name>.<mode>.json`` once per seed; returns the paths of the records written."""
-    mode = data.mode
-    seeds = results.check_seeds(seeds)
-    rec, head_class, config = source(name, mode)
-    return [results.save_seed(chapter.fit(head_class, data, seed=seed, name=f"{rec['head']} (seed {seed})",
-                                          progress=False, **config), rec["head"], rec["chapter"], name)
-            for seed in seeds]
+    results.check_seeds(seeds)  # before the record is read, as before: bad seeds are refused first
+    rec, head_class, config = source(name, data.mode)
+    return chapter.train_seeds(head_class, config, data, seeds, rec["head"], rec["chapter"], name)
 
 
 def all_names(mode):

@@ -15,14 +15,31 @@ BOOTSTRAP = 2000  # resamples: the 95% interval's ends move by well under 0.1 po
 
 
 def runs(mode_name, split="book"):
-    """{head: [record, ...]}: each head's chapter record and seed records, of one protocol (``spread`` refuses
-    foreign ones), seed order."""
-    spread(mode_name, split)  # raises on seed records of another protocol
-    found = {r["head"]: {r["seed"]: r} for r in results.load_all(mode_name, split=split)}
-    for _, r in results.load_seeds(mode_name, split):
-        if r["head"] in found:
-            found[r["head"]].setdefault(r["seed"], r)
-    return {head: [by_seed[s] for s in sorted(by_seed)] for head, by_seed in found.items()}
+    """{head: [record, ...]}: each head's chapter record and seed records, of one protocol (seed records of another
+    are refused, see ``checked``), seed order. Heads without a chapter record are left out."""
+    chapters, by_head = checked(mode_name, split)
+    return {h: [by_head[h][s] for s in sorted(by_head[h])] for h in chapters}
+
+
+def checked(mode_name, split="book"):
+    """The records of a mode and split, read once: (the heads with a chapter record, {head: {seed: record}}), a
+    chapter record before a seed record of the same seed. A seed record whose protocol (training settings and data
+    identity, ``results.protocol``) differs from its head's chapter record is refused: it would measure another
+    experiment."""
+    chapters = results.load_all(mode_name, split=split)
+    expected = {r["head"]: results.protocol(r) for r in chapters}
+    by_head = {r["head"]: {r["seed"]: r} for r in chapters}
+    foreign = []
+    for path, r in results.load_seeds(mode_name, split):
+        if expected.setdefault(r["head"], results.protocol(r)) != results.protocol(r):
+            foreign.append(path.name)
+            continue
+        by_head.setdefault(r["head"], {}).setdefault(r["seed"], r)
+    if foreign:
+        raise ValueError(f"Seed records of another protocol or data than their head's chapter record: "
+                         f"{', '.join(foreign)} (in {results.seed_dir().name}/). Their spread would measure another "
+                         "experiment: move them out, or retrain them (python -m seglab.book.seeds).")
+    return [r["head"] for r in chapters], by_head
 
 
 def summary(head_runs, key="miou"):
@@ -85,21 +102,8 @@ def verdict(test):
 def spread(mode_name, split="book"):
     """The seed-to-seed spread of a mode: for each head with at least 3 seeds (its chapter's run and the seed
     records), max - min of its mIoU in points. Returns ({head: (spread, [mIoU per seed])}, the largest spread), or
-    ({}, None) when no head has 3 seeds yet. A seed record whose protocol (training settings and data identity,
-    ``results.protocol``) differs from its head's chapter record is refused: it would measure another experiment."""
-    chapters = results.load_all(mode_name, split=split)
-    expected = {r["head"]: results.protocol(r) for r in chapters}
-    per_head = {r["head"]: {r["seed"]: 100 * r["miou"]} for r in chapters}
-    foreign = []
-    for path, r in results.load_seeds(mode_name, split):
-        if expected.setdefault(r["head"], results.protocol(r)) != results.protocol(r):
-            foreign.append(path.name)
-            continue
-        per_head.setdefault(r["head"], {})[r["seed"]] = 100 * r["miou"]
-    if foreign:
-        raise ValueError(f"Seed records of another protocol or data than their head's chapter record: "
-                         f"{', '.join(foreign)} (in {results.seed_dir().name}/). Their spread would measure another "
-                         "experiment: move them out, or retrain them (python -m seglab.book.seeds).")
-    measured = {head: (max(v.values()) - min(v.values()), [v[s] for s in sorted(v)])
-                for head, v in per_head.items() if len(v) >= 3}
+    ({}, None) when no head has 3 seeds yet. Refuses seed records of another protocol (``checked``)."""
+    _, by_head = checked(mode_name, split)
+    measured = {head: (max(v) - min(v), v) for head, v in
+                ((h, [100 * seeds[s]["miou"] for s in sorted(seeds)]) for h, seeds in by_head.items()) if len(v) >= 3}
     return measured, max((s for s, _ in measured.values()), default=None)

@@ -1,6 +1,8 @@
 """ci mode: chosen by CI or SEGLAB_MODE=ci, the quick protocol on a budget, and records that never reach the book."""
 
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -24,10 +26,25 @@ def test_ci_is_chosen_by_the_environment(monkeypatch, ci, chosen, expected):
 
 def test_ci_is_the_quick_protocol_on_a_budget():
     quick, ci = modes.quick(), modes.ci()
-    same = ("backbone", "output_stride", "frozen", "width", "image_size", "crop", "lr", "optimizer", "split")
+    same = ("backbone", "output_stride", "frozen", "width", "image_size", "crop", "lr", "optimizer", "split",
+            "lr_candidates", "floor", "standardize")
     assert all(getattr(quick, k) == getattr(ci, k) for k in same)  # the same cache and code path
     assert ci.iters < quick.iters and ci.val_images < 220 and ci.latency_repeats == 1
     assert "measure nothing" in ci.describe()
+
+
+def test_quick_mode_sweeps_and_brief_mode_does_not():
+    assert modes.quick().sweeps() and "1e-2 and 3e-2" in modes.quick().describe()
+    assert not modes.brief().sweeps() and not replace(modes.quick(), lr_candidates=(0.03,)).sweeps()
+    assert modes.quick().as_dict()["lr_candidates"] == [0.01, 0.03]  # as a JSON record holds it
+
+
+def test_records_from_before_the_sweep_keep_their_protocol():
+    old = replace(modes.quick(), lr_candidates=()).as_dict()
+    del old["lr_candidates"]
+    assert results.protocol({"mode": old}) == results.protocol({"mode": replace(modes.quick(),
+                                                                                lr_candidates=()).as_dict()})
+    assert results.protocol({"mode": old}) != results.protocol({"mode": modes.quick().as_dict()})
 
 
 def record(mode):

@@ -64,6 +64,8 @@ class Run:
     metrics: dict
     seed: int
     data: Data = field(repr=False)
+    lr: float = None  # the learning rate it trained at
+    lr_sweep: dict = None  # {learning rate (text): {"loss": end_loss, "miou": val mIoU}} of the runs it was chosen among
 
 
 def strides_of(backbone):
@@ -123,29 +125,59 @@ def prepare(mode, progress=True):
     return data
 
 
-def fit(head_class, data, seed=0, name=None, progress=True, **config):
+def fit(head_class, data, seed=0, name=None, progress=True, lr=None, **config):
     """Build ``head_class(**config)``, train it with the mode's protocol and evaluate it on every val image.
-    Prints the result and shows the training curve; returns a :class:`Run`."""
+    Prints the result and shows the training curve; returns a :class:`Run`.
+
+    Where the mode sweeps (quick mode: ``lr_candidates``) and no ``lr`` is given, the head trains once per candidate
+    learning rate from the same seed and keeps the run with the lowest training loss (``end_loss``): the choice never
+    sees the val set. ``lr`` trains at that rate alone (a head's other seeds, at the rate its seed 0 chose)."""
     mode = data.mode
-    seed_everything(seed)
-    head = head_class(**config)
     name = name or head_class.__name__
+    candidates = [lr] if lr is not None else list(mode.lr_candidates) if mode.sweeps() else [mode.lr]
+    trained = {}
+    for rate in candidates:
+        seed_everything(seed)
+        head = head_class(**config)
+        if mode.frozen:
+            history = train_head(head, data.train_features, mode, seed=seed, lr=rate, progress=progress)
+            trained[rate] = (head, None, history)
+        else:  # every run fine-tunes its own copy of the pretrained backbone
+            backbone = copy.deepcopy(data.backbone)
+            model = Segmentor(backbone, head, auxiliary_head(backbone, len(CLASSES)))
+            trained[rate] = (head, model, train(model, data.train_split, mode, seed=seed, lr=rate, progress=progress))
+    sweep = {rate: end_loss(history) for rate, (_, _, history) in trained.items()}
+    lr = min(sweep, key=sweep.get)
+    head, model, history = trained[lr]
     if mode.frozen:
         model = Segmentor(data.backbone, head)
-        history = train_head(head, data.train_features, mode, seed=seed, progress=progress)
         metrics = evaluate_head(head, data.val_features, mode, progress=progress)
-    else:  # every run fine-tunes its own copy of the pretrained backbone
-        backbone = copy.deepcopy(data.backbone)
-        model = Segmentor(backbone, head, auxiliary_head(backbone, len(CLASSES)))
-        history = train(model, data.train_split, mode, seed=seed, progress=progress)
+    else:
         metrics = evaluate(model, data.val_split, mode, progress=progress)
+    swept = {f"{rate:g}": {"loss": loss, "miou": metrics["miou"] if rate == lr else
+                           evaluate_head(trained[rate][0], data.val_features, mode, progress=False)["miou"]}
+             for rate, loss in sweep.items()} if len(sweep) > 1 else None  # the other rates' val mIoU: shown, not used
+    if swept:
+        print(f"{name}: learning rate {lr:g}, the lower training loss (mean of the last {end_window(history)} "
+              "iterations: " + ", ".join(f"{v['loss']:.3f} at {rate}" for rate, v in swept.items()) + ")")
     model.to(mode.device).eval()
     print(f"{name}: mIoU {100 * metrics['miou']:.1f}%, pixel accuracy {100 * metrics['pixel_acc']:.1f}% on "
           f"{metrics['images']} val images; {mode.iters} iterations in {history['time'][-1]:.0f} s")
     if progress:
         plots.plot_history(history, title=f"{name}, {mode.name} mode")
         plt.show()
-    return Run(name, head, model, config, history, metrics, seed, data)
+    return Run(name, head, model, config, history, metrics, seed, data, lr=lr, lr_sweep=swept)
+
+
+def end_window(history):
+    """How many final iterations ``end_loss`` averages: a tenth of the run, at least one."""
+    return max(1, len(history["loss"]) // 10)
+
+
+def end_loss(history):
+    """The training loss a run ends at: the mean over its last tenth of iterations (one batch's loss is noisy)."""
+    losses = history["loss"][-end_window(history):]
+    return sum(losses) / len(losses)
 
 
 def shown_ids(split, count=SHOWN_IDS, limit=None):
@@ -190,7 +222,8 @@ def record(run, head, chapter, profile, reference, file=None, **extra):
                          mode=run.data.mode, pretrained=getattr(run.data.backbone, "pretrained", False),
                          history=run.history, seed=run.seed, data=run.data.identity,
                          trained_profile=trained_profile(run.head, val_features(run, [0])))
-    rec.update(predictions=shown, backbone=run.data.backbone.name, note=run.data.note, **extra)
+    rec.update(predictions=shown, backbone=run.data.backbone.name, note=run.data.note, lr=run.lr,
+               lr_sweep=run.lr_sweep, **extra)
     run.record_name, run.record_chapter = file or head.lower().replace(" ", "_"), chapter
     path = results.save(rec, name=run.record_name)
     print("saved", path.name)  # the name only: a chapter's output never shows where it ran
@@ -203,19 +236,19 @@ def repeat(run, seeds=(1, 2)):
     from seglab.book import stats
     if not getattr(run, "record_name", None):
         raise ValueError("Record the run first (chapter.record), so that its seeds have a record to repeat.")
-    train_seeds(type(run.head), run.config, run.data, seeds, run.name, run.record_chapter, run.record_name)
+    train_seeds(type(run.head), run.config, run.data, seeds, run.name, run.record_chapter, run.record_name, run.lr)
     mode = run.data.mode
     summary = stats.summary(stats.runs(mode.name, mode.split)[run.name])
     print(f"{run.name} over {summary['n']} seeds: mIoU {summary['mean']:.1f} ± {summary['sd']:.1f}% (mean ± sd; "
           "seeds " + ", ".join(f"{v:.1f}" for v in summary["values"]) + ")")
 
 
-def train_seeds(head_class, config, data, seeds, head, chapter, name):
-    """Train ``head_class(**config)`` on ``data`` once per seed and write each run's seed record (of head ``head``
-    of ``chapter``, recorded as ``<name>.<mode>.json``); returns the paths. ``repeat`` and ``python -m
-    seglab.book.seeds`` both train seeds through it."""
-    return [results.save_seed(fit(head_class, data, seed=seed, name=f"{head} (seed {seed})", progress=False, **config),
-                              head, chapter, name)
+def train_seeds(head_class, config, data, seeds, head, chapter, name, lr=None):
+    """Train ``head_class(**config)`` on ``data`` once per seed, at learning rate ``lr`` (the one its seed 0 chose;
+    None: the mode's own choice), and write each run's seed record (of head ``head`` of ``chapter``, recorded as
+    ``<name>.<mode>.json``); returns the paths. ``repeat`` and ``python -m seglab.book.seeds`` train seeds through it."""
+    return [results.save_seed(fit(head_class, data, seed=seed, name=f"{head} (seed {seed})", progress=False, lr=lr,
+                                  **config), head, chapter, name)
             for seed in results.check_seeds(seeds)]
 
 
@@ -278,9 +311,23 @@ def notice(run, against=("Linear probe",)):
                      f"{stats.verdict(test)}.")
     iou = [(100 * v, CLASSES[c]) for c, v in enumerate(m["iou"]) if c > 0 and v == v]  # objects, not NaN
     ranked = sorted(iou, reverse=True)
-    lines.append("- Best object classes: " + ", ".join(f"{n} {v:.0f}%" for v, n in ranked[:3])
-                 + "; worst: " + ", ".join(f"{n} {v:.0f}%" for v, n in ranked[-3:][::-1]) + ".")
+    lines.append(classes_line(ranked))
     return Markdown("\n".join(lines))
+
+
+def classes_line(ranked):
+    """'- Best object classes: ...; worst: ...' from (IoU %, name) pairs, best first. A class at 0% is never among the
+    best: those the head never gets right are listed as such."""
+    shown = [(v, n) for v, n in ranked if round(v) > 0]  # as printed: a class below 0.5% reads 0%
+    zero = [n for v, n in ranked if round(v) == 0]
+    best = shown[:3]
+    worst = [p for p in shown if p not in best][-3:][::-1]
+    text = "- Best object classes: " + (", ".join(f"{n} {v:.0f}%" for v, n in best) or "none above 0%")
+    if worst:
+        text += "; worst: " + ", ".join(f"{n} {v:.0f}%" for v, n in worst)
+    if zero:
+        text += f"; at 0% IoU: {', '.join(zero)}"
+    return text + "."
 
 
 def compare(mode, up_to):

@@ -227,7 +227,7 @@ def run_record(run, name, data, spec, config):
     """A run as a seed record holds it (``seglab.book.seeds``), plus how the head was built: what ``stats`` reads."""
     mode = data.mode
     return {"head": name, "seed": run.seed, **results.scores_of(run.metrics), "mode": mode.as_dict(),
-            "device": mode.device, "data": data.identity, "train_seconds": run.history["time"][-1],
+            "device": mode.device, "data": data.identity, "train_seconds": run.history["time"][-1], "lr": run.lr,
             "config": {"class": spec,
                        "trained": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}}}
 
@@ -253,7 +253,8 @@ def run(head_class, kwargs=None, seeds=(0, 1, 2), name=None, save=None, data=Non
     print(f"{name} keeps the contract; training it with seed(s) {', '.join(map(str, seeds))}.")
     runs, records = [], []
     for seed in seeds:
-        one = chapter.fit(head_class, data, seed=seed, name=f"{name} (seed {seed})", progress=False, **config)
+        lr = runs[0].lr if runs else None  # the first seed chooses the learning rate (where the mode sweeps)
+        one = chapter.fit(head_class, data, seed=seed, name=f"{name} (seed {seed})", progress=False, lr=lr, **config)
         runs.append(one)
         records.append(run_record(one, name, data, spec, config))
     profile = profiling.trained_profile(runs[0].head, chapter.val_features(runs[0], [0]))

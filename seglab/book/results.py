@@ -123,6 +123,8 @@ def protocol(record):
     Two records can be compared only when their protocols are equal."""
     mode = {k: v for k, v in record["mode"].items() if k not in NOT_PROTOCOL}
     mode.setdefault("split", "book")  # records from before the split was a setting were all on the book's subset
+    mode.setdefault("lr_candidates", [])  # and those from before the learning-rate sweep trained at ``lr`` alone
+    mode = {k: list(v) if isinstance(v, tuple) else v for k, v in mode.items()}  # a mode's tuples, JSON's lists
     return {"mode": mode, "data": record.get("data")}
 
 
@@ -233,5 +235,5 @@ def save_seed(run, head, chapter, name):
     ``<results>/seeds/<name>.seed<k>.<mode>.json``, with the scores, the protocol and the data. Returns the path."""
     mode = run.data.mode
     out = {"head": head, "chapter": chapter, "seed": run.seed, **scores_of(run.metrics), "mode": mode.as_dict(),
-           "device": mode.device, "data": run.data.identity, "train_seconds": run.history["time"][-1]}
+           "device": mode.device, "data": run.data.identity, "train_seconds": run.history["time"][-1], "lr": run.lr}
     return save(out, name=f"{name}.seed{run.seed}", folder=seed_dir())

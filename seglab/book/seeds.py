@@ -39,7 +39,7 @@ def rerun(name, seeds, data):
     """Train the head of record ``<name>.<mode>.json`` once per seed; returns the paths of the records written."""
     results.check_seeds(seeds)  # before the record is read, as before: bad seeds are refused first
     rec, head_class, config = source(name, data.mode)
-    return chapter.train_seeds(head_class, config, data, seeds, rec["head"], rec["chapter"], name)
+    return chapter.train_seeds(head_class, config, data, seeds, rec["head"], rec["chapter"], name, rec.get("lr"))
 
 
 def all_names(mode):

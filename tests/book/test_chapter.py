@@ -61,6 +61,56 @@ def test_fit_record_and_rebuild(prepared, tmp_path):
     assert torch.equal(stored, run.metrics["predictions"][first, :h, :w].long())
 
 
+def test_the_sweep_keeps_the_learning_rate_of_the_lower_training_loss_and_seeds_reuse_it(prepared, monkeypatch):
+    """Seed 0 trains once per candidate rate, from the same seed, and keeps the lower ``end_loss`` (never the val
+    score); the other seeds, from the record or from ``repeat``, train at that rate alone."""
+    import seglab.book.chapter as chapter_module
+    assert prepared.mode.sweeps() and prepared.mode.lr_candidates == (0.01, 0.03)
+    rates = []
+    real = chapter_module.train_head
+
+    def spy(head, features, mode, seed=0, lr=None, progress=True):
+        rates.append(lr)
+        history = real(head, features, mode, seed=seed, lr=lr, progress=progress)
+        history["loss"] = [lr * 100] * len(history["loss"])  # the lower rate, the lower loss: it must be chosen
+        return history
+
+    monkeypatch.setattr(chapter_module, "train_head", spy)
+    run = chapter.fit(FCNHead, prepared, progress=False, in_channels=320, channels=8)
+    assert rates == [0.01, 0.03] and run.lr == 0.01
+    assert run.lr_sweep["0.01"]["loss"] == pytest.approx(1.0) and run.lr_sweep["0.03"]["loss"] == pytest.approx(3.0)
+    assert run.lr_sweep["0.01"]["miou"] == run.metrics["miou"]  # the chosen run is the one evaluated and kept
+    assert 0 <= run.lr_sweep["0.03"]["miou"] <= 1
+    profile = Profile(params=1, flops=1, activation_bytes=1, latency_ms=1.0, device="cpu")
+    chapter.record(run, "FCN", chapter=2, profile=profile, reference={})
+    saved = json.loads((results.results_dir() / "fcn.quick-full.json").read_text())
+    assert saved["lr"] == 0.01 and saved["lr_sweep"] == json.loads(json.dumps(run.lr_sweep))
+    rates.clear()
+    chapter.repeat(run, seeds=(1,))
+    assert rates == [0.01]  # seed 1 trains at seed 0's choice only
+    rates.clear()
+    seeds.rerun("fcn", [2], prepared)
+    assert rates == [0.01]
+    assert [r["lr"] for _, r in results.load_seeds("quick", split="full")] == [0.01, 0.01]
+    rates.clear()
+    alone = chapter.fit(FCNHead, prepared, progress=False, lr=0.03, in_channels=320, channels=8)
+    assert rates == [0.03] and alone.lr == 0.03 and alone.lr_sweep is None
+
+
+def test_classes_at_zero_iou_are_never_called_best():
+    ranked = [(55.0, "person"), (40.2, "cat"), (10.0, "bus"), (5.0, "dog"), (3.0, "cow"), (0.2, "train"), (0.0, "sofa")]
+    line = chapter.classes_line(ranked)
+    assert line == ("- Best object classes: person 55%, cat 40%, bus 10%; worst: cow 3%, dog 5%; at 0% IoU: train, "
+                    "sofa.")
+    assert chapter.classes_line([(0.0, "sofa"), (0.0, "train")]) == ("- Best object classes: none above 0%; at 0% "
+                                                                      "IoU: sofa, train.")
+
+
+def test_end_loss_is_the_mean_of_the_last_tenth():
+    assert chapter.end_loss({"loss": list(range(20))}) == pytest.approx(18.5)
+    assert chapter.end_loss({"loss": [4.0, 2.0]}) == 2.0  # at least one iteration
+
+
 def test_val_features_are_what_the_backbone_computes_for_those_images(prepared):
     """Explorers look inside a trained head through ``val_features``: the cached features must be the frozen
     backbone's features of exactly those val images."""

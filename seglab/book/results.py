@@ -124,7 +124,6 @@ def protocol(record):
     mode = {k: v for k, v in record["mode"].items() if k not in NOT_PROTOCOL}
     mode.setdefault("split", "book")  # records from before the split was a setting were all on the book's subset
     mode.setdefault("lr_candidates", [])  # and those from before the learning-rate sweep trained at ``lr`` alone
-    mode = {k: list(v) if isinstance(v, tuple) else v for k, v in mode.items()}  # a mode's tuples, JSON's lists
     return {"mode": mode, "data": record.get("data")}
 
 

@@ -21,7 +21,8 @@ phase() {  # phase NAME: the seconds since the previous phase ended
   phase_start=$now
 }
 
-python -m pytest tests --ignore=tests/site -q -p no:cacheprovider
+# two pytest workers at one torch thread each: both cores, without oversubscribing them
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m pytest tests --ignore=tests/site -q -p no:cacheprovider -n 2
 phase "unit tests"
 python -m seglab.book.chapter  # the data and the feature cache, once, before the notebooks share it
 phase "feature cache"
@@ -29,6 +30,6 @@ python scripts/run_notebooks.py --workers 2
 phase "nbval of every notebook"
 bash scripts/build_book.sh
 phase "book build"
-python -m pytest tests/site -q -p no:cacheprovider
+python -m pytest tests/site -q -p no:cacheprovider -n 2
 phase "browser tests"
 echo "total: $(( $(date +%s) - start )) s"

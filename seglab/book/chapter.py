@@ -66,6 +66,7 @@ class Run:
     data: Data = field(repr=False)
     lr: float = None  # the learning rate it trained at
     lr_sweep: dict = None  # {learning rate (text): {"loss": end_loss, "miou": val mIoU}} of the runs it was chosen among
+    others: dict = field(default=None, repr=False)  # {learning rate: Run} the candidates' runs that were not kept
 
 
 def strides_of(backbone):
@@ -154,9 +155,14 @@ def fit(head_class, data, seed=0, name=None, progress=True, lr=None, **config):
         metrics = evaluate_head(head, data.val_features, mode, progress=progress)
     else:
         metrics = evaluate(model, data.val_split, mode, progress=progress)
-    swept = {f"{rate:g}": {"loss": loss, "miou": metrics["miou"] if rate == lr else
-                           evaluate_head(trained[rate][0], data.val_features, mode, progress=False)["miou"]}
-             for rate, loss in sweep.items()} if len(sweep) > 1 else None  # the other rates' val mIoU: shown, not used
+    others = {}  # the runs at the other candidate rates, evaluated too: their val mIoU is shown, never used
+    for rate, (other, _, other_history) in trained.items():
+        if rate != lr:
+            other_metrics = evaluate_head(other, data.val_features, mode, progress=False)
+            others[rate] = Run(f"{name} at lr {rate:g}", other, Segmentor(data.backbone, other).to(mode.device).eval(),
+                               config, other_history, other_metrics, seed, data, lr=rate)
+    swept = {f"{rate:g}": {"loss": loss, "miou": (metrics if rate == lr else others[rate].metrics)["miou"]}
+             for rate, loss in sweep.items()} if len(sweep) > 1 else None
     if swept:
         print(f"{name}: learning rate {lr:g}, the lower training loss (mean of the last {end_window(history)} "
               "iterations: " + ", ".join(f"{v['loss']:.3f} at {rate}" for rate, v in swept.items()) + ")")
@@ -166,7 +172,7 @@ def fit(head_class, data, seed=0, name=None, progress=True, lr=None, **config):
     if progress:
         plots.plot_history(history, title=f"{name}, {mode.name} mode")
         plt.show()
-    return Run(name, head, model, config, history, metrics, seed, data, lr=lr, lr_sweep=swept)
+    return Run(name, head, model, config, history, metrics, seed, data, lr=lr, lr_sweep=swept, others=others or None)
 
 
 def end_window(history):

@@ -130,8 +130,10 @@ def run(settings=tuple(SETTINGS), seeds=SEEDS, path=None):
         todo = [(h, s) for h in heads(mode, data) for s in seeds if (h[0], s) not in done]
         for (name, head_class, config), seed in tqdm(todo, desc=f"study: {setting}"):
             start = time.perf_counter()
-            chosen = [r.get("lr") for r in entry["runs"] if r["head"] == name and r["seed"] == min(seeds)]
-            lr = chosen[0] if chosen and seed != min(seeds) else None  # other seeds train at the first one's choice
+            recorded = [r for r in entry["runs"] if r["head"] == name]  # the head's seeds done so far
+            first = min(recorded, key=lambda r: r["seed"], default=None)
+            # a later seed trains at the rate its head's lowest seed chose; the lowest seed chooses (sweeps)
+            lr = first.get("lr") if first is not None and seed > first["seed"] else None
             fitted = chapter.fit(head_class, data, seed=seed, name=name, progress=False, lr=lr, **config)
             m = fitted.metrics
             entry["runs"].append({"head": name, "seed": seed, "miou": m["miou"], "boundary_miou": m["boundary_miou"],

@@ -81,6 +81,9 @@ def test_the_sweep_keeps_the_learning_rate_of_the_lower_training_loss_and_seeds_
     assert run.lr_sweep["0.01"]["loss"] == pytest.approx(1.0) and run.lr_sweep["0.03"]["loss"] == pytest.approx(3.0)
     assert run.lr_sweep["0.01"]["miou"] == run.metrics["miou"]  # the chosen run is the one evaluated and kept
     assert 0 <= run.lr_sweep["0.03"]["miou"] <= 1
+    other = run.others[0.03]  # the run not kept stays at hand (a chapter that studies it need not retrain it)
+    assert list(run.others) == [0.03] and other.lr == 0.03 and other.metrics["miou"] == run.lr_sweep["0.03"]["miou"]
+    assert other.head is not run.head and other.history["loss"] == [3.0] * len(run.history["loss"])
     profile = Profile(params=1, flops=1, activation_bytes=1, latency_ms=1.0, device="cpu")
     chapter.record(run, "FCN", chapter=2, profile=profile, reference={})
     saved = json.loads((results.results_dir() / "fcn.quick-full.json").read_text())
@@ -94,7 +97,7 @@ def test_the_sweep_keeps_the_learning_rate_of_the_lower_training_loss_and_seeds_
     assert [r["lr"] for _, r in results.load_seeds("quick", split="full")] == [0.01, 0.01]
     rates.clear()
     alone = chapter.fit(FCNHead, prepared, progress=False, lr=0.03, in_channels=320, channels=8)
-    assert rates == [0.03] and alone.lr == 0.03 and alone.lr_sweep is None
+    assert rates == [0.03] and alone.lr == 0.03 and alone.lr_sweep is None and alone.others is None
 
 
 def test_classes_at_zero_iou_are_never_called_best():

@@ -75,6 +75,9 @@ def test_run_resumes_and_later_seeds_train_at_the_first_seeds_rate(tmp_path, mon
     calls.clear()
     study.run(settings=("lr by training loss",), seeds=(0, 1, 2))  # resumes: only the missing seed is trained
     assert calls == [("Linear probe", 2, 0.03), ("FCN", 2, 0.01)]
+    calls.clear()
+    study.run(settings=("lr by training loss",), seeds=(3,))  # seed 0 is recorded: seed 3 takes its rate, not a sweep
+    assert calls == [("Linear probe", 3, 0.03), ("FCN", 3, 0.01)]
 
 
 def test_a_setting_whose_mode_changed_is_run_anew(tmp_path, monkeypatch):

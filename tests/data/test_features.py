@@ -159,3 +159,25 @@ def test_orphan_temporary_files_of_dead_processes_are_removed(devkit):
     orphan.write_bytes(b"left by a killed process")
     fc.cached(Probe(), files, progress=False)
     assert not orphan.exists() and path.is_file()
+
+
+def test_features_are_built_at_the_fixed_thread_count(devkit):
+    """The cache's bytes depend on the threads that build it (the CPU kernels split their sums by thread), so every
+    build runs at ``BUILD_THREADS`` whatever the process runs at, and gives the process its own count back."""
+    seen = []
+
+    class Counting(Probe):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return super().forward(x)
+
+    split = split_files("val", 64).load(progress=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1 if fc.BUILD_THREADS != 1 else 3)
+    try:
+        running = torch.get_num_threads()
+        fc.compute(Counting(), split, flip=False, progress=False)
+        assert set(seen) == {fc.BUILD_THREADS}
+        assert torch.get_num_threads() == running
+    finally:
+        torch.set_num_threads(before)

@@ -17,6 +17,7 @@
 """
 
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -148,3 +149,15 @@ def _named_mode():
                                "unset SEGLAB_MODE or set SEGLAB_MODE=quick to run on the CPU.")
         return brief("cuda")
     raise ValueError(f"SEGLAB_MODE={name!r} is not a mode; use 'quick' (CPU), 'brief' (CUDA) or 'ci' (the tests).")
+
+
+@contextmanager
+def torch_threads(threads=None):
+    """Run the block (or, as a decorator, the function) at ``threads`` CPU threads of torch, its current number when
+    None, and give the process its own number back afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -221,9 +221,7 @@ def run(repeats=MIN_REPEATS, heads=None, threads=None, quick_check=False, mode=N
     folder = Path(folder or results.results_dir())
     check_folder(mode, quick_check, folder)
     records = head_records(mode, heads, folder)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or before)
-    try:
+    with modes.torch_threads(threads):
         shapes = {"standard": tuple(map(tuple, standard_shapes)),
                   "trained": tuple(map(tuple, shapes_trained or trained_shapes(mode)))}
         features = {s: standard_features(mode.device, shapes[s], seed=0) for s in SETTINGS}
@@ -236,8 +234,6 @@ def run(repeats=MIN_REPEATS, heads=None, threads=None, quick_check=False, mode=N
                  "repeats": repeats, "warmup": WARMUP, "quick_check": bool(quick_check),
                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "version": results.code_version(),
                  "shapes": {s: [list(x) for x in shapes[s]] for s in SETTINGS}, "heads": timed}
-    finally:
-        torch.set_num_threads(before)
     return write(table, folder)
 
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from seglab.data.atomic import remove_orphans, replacing
 from seglab.data.augment import normalize
 from seglab.data.download import cache_dir
+from seglab.mode import torch_threads
 
 FORMAT = 3  # bump when the file layout or the way features are computed changes
 # The CPU's convolution kernels split their sums by thread, so features built at another thread count differ in
@@ -163,18 +164,11 @@ def cache_path(backbone, files):
 
 
 @torch.no_grad()
+@torch_threads(BUILD_THREADS)
 def compute(backbone, split, flip, batch=16, device="cpu", progress=True):
-    """Run the frozen backbone over a split (and its mirror images): a :class:`FeatureSet`."""
+    """Run the frozen backbone over a split (and its mirror images), at ``BUILD_THREADS`` threads: a
+    :class:`FeatureSet`."""
     backbone = backbone.to(device).eval()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(BUILD_THREADS)
-    try:
-        return _compute(backbone, split, flip, batch, device, progress)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _compute(backbone, split, flip, batch, device, progress):
     views = [False, True] if flip else [False]
     levels, masks, flipped, ids, boxes = None, [], [], [], []
     bar = tqdm(total=len(split) * len(views), desc="computing features", unit="image", disable=not progress)

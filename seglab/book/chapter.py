@@ -105,7 +105,7 @@ def prepare(mode, progress=True):
                                             split=val_split)
         stats = None
         if mode.standardize:  # every channel of every level to zero mean, unit variance, with the train set's stats
-            stats = feature_cache.channel_stats(train_features)
+            stats = train_features.stats  # channel_stats of the train features, kept in their cache
             train_features = feature_cache.standardized(train_features, stats)
             val_features = feature_cache.standardized(val_features, stats)
     else:

@@ -5,10 +5,11 @@ images and their mirror images, val images) and kept on disk under the cache dir
 on exactly the same inputs, and a chapter's training takes seconds instead of hours.
 
 A cache file holds its key: backbone, weights hash, output stride, canvas size, the ids, a fingerprint of the image
-and mask files (sizes and modification times) and whether mirrors are included. A file made with other settings
-is *stale*; a file that does not load or whose contents do not match their recorded SHA-256 is *corrupt*. Either
-is said and rebuilt. Files are written atomically (a temporary file, then a rename), so an interrupted run never
-leaves a half-written cache behind.
+and mask files (sizes and modification times) and whether mirrors are included. Beside the features it keeps their
+per-channel statistics (``channel_stats``), so that standardizing does not read every feature again on each load.
+A file made with other settings is *stale*; a file that does not load or whose contents do not match their recorded
+SHA-256 is *corrupt*. Either is said and rebuilt. Files are written atomically (a temporary file, then a rename), so
+an interrupted run never leaves a half-written cache behind.
 """
 
 import hashlib
@@ -24,7 +25,7 @@ from seglab.data.augment import normalize
 from seglab.data.download import cache_dir
 from seglab.mode import torch_threads
 
-FORMAT = 3  # bump when the file layout or the way features are computed changes
+FORMAT = 4  # bump when the file layout or the way features are computed changes
 # The CPU's convolution kernels split their sums by thread, so features built at another thread count differ in
 # their last bits (measured: a one-thread cache moved a chapter's mIoU by 0.3 points). Every cache is therefore
 # built at this many threads, whatever the machine: a reader's cache has the bytes the book's pages were made from.
@@ -44,6 +45,7 @@ class FeatureSet:
     boxes: torch.Tensor
     originals: list = None  # val: the original masks VOC scores against (``voc.SplitFiles.original_masks``)
     bands: list = None  # beside them: their boundary bands, computed once
+    stats: list = None  # per level, (mean, std) of each channel over this set (``channel_stats``), kept in the cache
 
     _finite: bool = field(default=False, repr=False, compare=False)  # checked by check_finite, once
 
@@ -118,7 +120,7 @@ def standardized(features, stats, chunk=64):
             x = level[start:start + chunk].float()
             out[start:start + chunk] = ((x - mean[:, None, None]) / std[:, None, None]).to(level.dtype)
         levels.append(out)
-    return replace(features, levels=levels, _finite=False)
+    return replace(features, levels=levels, stats=None, _finite=False)
 
 
 def check_finite(tensors, what, chunk=2**24):
@@ -155,6 +157,12 @@ def digest(tensors):
     for t in tensors:
         h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def contents(features):
+    """The tensors of a feature set that its cache file's SHA-256 covers, in order."""
+    return [*features.levels, features.masks, features.flipped, features.boxes,
+            *(t for pair in features.stats for t in pair)]
 
 
 def cache_path(backbone, files):
@@ -206,12 +214,14 @@ def cached(backbone, files, flip=False, device="cpu", progress=True, split=None)
             if stored.get("key") != key:
                 changed = sorted(k for k in key if stored.get("key", {}).get(k) != key[k])
                 problem = f"stale: it was made with other settings ({', '.join(changed)} changed)"
-            elif stored["sha256"] != digest([*stored["levels"], stored["masks"], stored["flipped"], stored["boxes"]]):
-                problem = "corrupt: its contents do not match their recorded SHA-256"
+            else:
+                features = FeatureSet(stored["ids"], stored["flipped"], stored["levels"], stored["masks"],
+                                      stored["boxes"], stats=[tuple(pair) for pair in stored["stats"]])
+                if stored["sha256"] != digest(contents(features)):
+                    problem = "corrupt: its contents do not match their recorded SHA-256"
         except Exception as error:  # truncated, not a torch file, missing fields
             problem = f"corrupt: it does not load ({type(error).__name__})"
         if problem is None:
-            features = FeatureSet(stored["ids"], stored["flipped"], stored["levels"], stored["masks"], stored["boxes"])
             if progress:
                 print(f"loaded the {shown}: {len(features)} samples")
             return features
@@ -220,6 +230,7 @@ def cached(backbone, files, flip=False, device="cpu", progress=True, split=None)
     start = time.perf_counter()
     features = compute(backbone, split if split is not None else files.load(progress), flip, device=device,
                        progress=progress)
+    features.stats = channel_stats(features)
     seconds = time.perf_counter() - start
     save(path, key, features)
     if progress:
@@ -247,8 +258,8 @@ def save(path, key, features):
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(path)
     payload = {"key": key, "ids": features.ids, "flipped": features.flipped, "levels": features.levels,
-               "masks": features.masks, "boxes": features.boxes,
-               "sha256": digest([*features.levels, features.masks, features.flipped, features.boxes])}
+               "masks": features.masks, "boxes": features.boxes, "stats": [list(pair) for pair in features.stats],
+               "sha256": digest(contents(features))}
     try:
         with replacing(path) as file:
             torch.save(payload, file)

@@ -72,6 +72,25 @@ def test_stale_and_corrupt_caches_are_said_and_rebuilt(devkit, capsys):
     assert "does not load" in capsys.readouterr().out and len(again) == len(split)
 
 
+def test_the_cache_keeps_the_channel_statistics_of_its_features(devkit, capsys):
+    """The per-channel statistics travel with the features: a loaded set has exactly ``channel_stats`` of its levels
+    (so reading them gives the same standardized features as computing them), and a damaged statistic is caught."""
+    files = split_files("val", 64)
+    built = fc.cached(Probe(), files, progress=False)
+    loaded = fc.cached(Probe(), files, progress=False)
+    for got in (built.stats, loaded.stats):
+        assert len(got) == len(loaded.levels)
+        for (mean, std), (want_mean, want_std) in zip(got, fc.channel_stats(loaded)):
+            assert torch.equal(mean, want_mean) and torch.equal(std, want_std)
+    assert fc.standardized(loaded, loaded.stats).stats is None  # standardized features are not those of the stats
+    path = fc.cache_path(Probe(), files)
+    stored = torch.load(path, weights_only=True)
+    stored["stats"][0][1][0] += 1  # a damaged standard deviation, the recorded digest unchanged
+    torch.save(stored, path)
+    fc.cached(Probe(), files, progress=False)
+    assert "corrupt" in capsys.readouterr().out
+
+
 def test_stale_cache_names_what_changed(devkit, capsys):
     files = split_files("val", 64)
     fc.cached(Probe(), files, progress=False)

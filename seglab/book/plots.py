@@ -190,24 +190,35 @@ def sortable_table(frame, caption=""):
                 f"<tbody>{rows}</tbody></table>{script}")
 
 
-def attention_grid(views, size=2.4, cmap="magma"):
+def attention_grid(views, size=2.4, cmap="magma", shared_scale=False):
     """One row per view: the image with its query pixel marked, then each of the view's maps over the image.
 
     A view is a dict: ``image`` uint8 (3, h, w) (as ``split[i]`` returns it), ``query`` (y, x) in image pixels or
     None (maps that belong to no query, e.g. a global context map), ``maps`` {title: (gh, gw) map on the feature
     grid of the canvas}, optional ``canvas`` (the canvas side the grid covers; default the image's long side) and
-    ``label``. Maps are upsampled to the canvas, cropped to the image and drawn with alpha over it."""
+    ``label``. Maps are upsampled to the canvas, cropped to the image and drawn with alpha over it.
+
+    Each map has its own colour scale (its min to its max), unless the view's ``shared_scale`` (default: the
+    argument) is true: then all maps of the view are drawn on one scale, 0 to the largest value of any of them,
+    so that the panels of the row can be compared by colour, and the row's label says so. Use it only for maps in
+    the same units (e.g. attention weights), not for a similarity next to a weight."""
     cols = 1 + max(len(v["maps"]) for v in views)
     fig, axes = plt.subplots(len(views), cols, figsize=(size * cols, size * len(views)), squeeze=False)
     for row, view in enumerate(views):
         image = view["image"]
         h, w = image.shape[-2:]
         rgb = image.permute(1, 2, 0).numpy() if torch.is_tensor(image) else np.asarray(image)
-        panel(axes[row, 0], rgb, view.get("label", "image"))
-        for col, (title, grid) in enumerate(view["maps"].items(), start=1):
-            on_canvas = _upsampled(grid, view.get("canvas", max(h, w)))[:h, :w]
+        on_canvas = {title: _upsampled(grid, view.get("canvas", max(h, w)))[:h, :w]
+                     for title, grid in view["maps"].items()}
+        label = view.get("label", "image")
+        scale = {}
+        if view.get("shared_scale", shared_scale) and on_canvas:
+            scale = dict(vmin=0.0, vmax=max(float(m.max()) for m in on_canvas.values()))
+            label = f"{label}\n(maps on one scale, 0 to {scale['vmax']:.3g})"
+        panel(axes[row, 0], rgb, label)
+        for col, (title, m) in enumerate(on_canvas.items(), start=1):
             axes[row, col].imshow(rgb)
-            axes[row, col].imshow(on_canvas, cmap=cmap, alpha=0.6)
+            axes[row, col].imshow(m, cmap=cmap, alpha=0.6, **scale)
             panel(axes[row, col], None, title if row == 0 or view.get("titles_each_row") else None)
         for ax in axes[row, : len(view["maps"]) + 1]:
             if view.get("query") is not None:
@@ -223,8 +234,9 @@ def _upsampled(grid, canvas):
     return torch.nn.functional.interpolate(grid[None, None], size=(canvas, canvas), mode="nearest")[0, 0].numpy()
 
 
-def attention_explorer(views, description="query", size=2.4):
-    """A slider over ``views`` (see :func:`attention_grid`): pick a query pixel, see where it attends.
+def attention_explorer(views, description="query", size=2.4, shared_scale=False):
+    """A slider over ``views`` (see :func:`attention_grid`, also for ``shared_scale``): pick a query pixel, see
+    where it attends.
 
     Like the prediction browser, each view is rendered once to a JPEG and the slider is linked to a ``Stack`` in
     the browser (``jslink``), so it works in the static book, offline. Without ipywidgets: the static grid."""
@@ -232,5 +244,6 @@ def attention_explorer(views, description="query", size=2.4):
         import ipywidgets  # noqa: F401
     except ImportError:
         print("ipywidgets is not installed: showing a static figure instead.")
-        return attention_grid(views[:4], size=size)
-    return figure_slider([attention_grid([dict(view, titles_each_row=True)], size=size) for view in views], description)
+        return attention_grid(views[:4], size=size, shared_scale=shared_scale)
+    return figure_slider([attention_grid([dict(view, titles_each_row=True)], size=size, shared_scale=shared_scale)
+                          for view in views], description)

@@ -63,8 +63,14 @@ def softmax_flop(inputs, outputs):
     return math.prod(get_shape(inputs[0]))
 
 
+def elementwise_flop(inputs, outputs):
+    """One FLOP per element for an activation fvcore does not know (GELU: its erf counted as one operation)."""
+    return math.prod(get_shape(inputs[0]))
+
+
 EXTRA_HANDLES = {
     "aten::scaled_dot_product_attention": sdpa_flop,
+    "aten::gelu": elementwise_flop,
     "aten::softmax": softmax_flop,
     "aten::_softmax": softmax_flop,
     "aten::gather": gather_flop,
@@ -73,6 +79,8 @@ EXTRA_HANDLES = {
     "aten::feature_dropout": None,  # dropout is the identity at inference: no FLOPs
     "aten::dropout": None,
 }
+
+
 def count_parameters(module):
     return int(parameter_count(module)[""])
 

@@ -76,25 +76,3 @@ class NonLocalHead(FCNHead):
         """The non-local block's attention, (b, h*w, h*w), for the given features (call under no_grad, in eval)."""
         x = one_level(features, self.in_index, self.in_channels)
         return self.nl_block.attention(self.convs[0](x))
-
-
-def grid_labels(mask, grid, cell):
-    """The ground-truth class at the centre of every cell of a (grid, grid) feature map whose cells cover ``cell``
-    pixels of the canvas, (grid, grid); 255 (void) for cells outside the image. For attention explorers."""
-    labels = torch.full((grid, grid), 255, dtype=torch.long)
-    centres = torch.arange(grid) * cell + cell // 2
-    ys, xs = centres[centres < mask.shape[0]], centres[centres < mask.shape[1]]
-    labels[: len(ys), : len(xs)] = mask.long()[ys][:, xs]
-    return labels
-
-
-def pick_queries(labels):
-    """Two query cells of a (grid, grid) label map, as [(class, (row, col)), ...]: the cell of the largest object class
-    nearest its centre, and the background cell farthest from that centre."""
-    objects = labels[(labels > 0) & (labels < 255)]
-    c = int(objects.mode().values)
-    inside, background = torch.nonzero(labels == c), torch.nonzero(labels == 0)
-    centre = inside.float().mean(0)
-    on = inside[((inside - centre) ** 2).sum(1).argmin()]
-    off = background[((background - centre) ** 2).sum(1).argmax()]
-    return [(c, tuple(on.tolist())), (0, tuple(off.tolist()))]

@@ -95,3 +95,20 @@ def test_attention_explorer_links_a_slider_to_one_picture_per_view():
     slider, stack = box.children
     assert slider.max == 1 and len(stack.children) == 2
     assert all(isinstance(c, ipywidgets.Image) and c.value[:2] == b"\xff\xd8" for c in stack.children)  # JPEGs
+
+
+def test_attention_grid_shares_one_colour_scale_only_when_asked():
+    image = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    maps = {"a": torch.tensor([[0.1, 0.2], [0.3, 0.4]]), "b": torch.tensor([[0.0, 0.8], [0.0, 0.0]])}
+    view = dict(image=image, query=(2, 2), maps=maps, label="2007_000799: query on horse")
+
+    def limits(fig):
+        return [ax.get_images()[-1].get_clim() for ax in fig.axes[1:3]]
+
+    own = limits(plots.attention_grid([view]))
+    assert [tuple(np.round(c, 6)) for c in own] == [(0.1, 0.4), (0.0, 0.8)]  # each map its own min..max
+    fig = plots.attention_grid([dict(view, shared_scale=True)])
+    assert [tuple(np.round(c, 6)) for c in limits(fig)] == [(0.0, 0.8), (0.0, 0.8)]
+    assert fig.axes[0].get_title().endswith("\n(maps on one scale, 0 to 0.8)")
+    fig = plots.attention_grid([view], shared_scale=True)  # the argument, for every view
+    assert [tuple(np.round(c, 6)) for c in limits(fig)] == [(0.0, 0.8), (0.0, 0.8)]

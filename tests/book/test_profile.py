@@ -36,6 +36,11 @@ def test_softmax_counted_and_elementwise_ops_listed_not_hidden():
     assert "aten::mul" in uncounted
 
 
+def test_gelu_is_counted_one_flop_per_element():
+    total, by_op, uncounted = count_flops(nn.GELU(), (torch.zeros(3, 5, 7),))
+    assert total == 3 * 5 * 7 and by_op == {"gelu": total} and uncounted == {}
+
+
 def test_dropout_costs_nothing_and_is_not_listed():
     total, _, uncounted = count_flops(nn.Sequential(nn.Dropout2d(0.1), nn.Conv2d(4, 2, 1)).eval(),
                                       (torch.zeros(1, 4, 5, 5),))

@@ -6,16 +6,14 @@ queries from the ground truth with :func:`pick_queries` on the labels of :func:`
 
 import torch
 
-from seglab.data.voc import CLASSES
-
-VOID = 255
+from seglab.data.voc import CLASSES, IGNORE
 
 
 def grid_labels(mask, grid, cell):
     """The ground-truth class at the centre of every cell of a (grid, grid) feature map whose cells cover ``cell``
     pixels of the canvas: (grid, grid) long; 255 (void) for cells whose centre lies outside the image (the canvas
     is padded) and where the mask itself is void. ``mask``: (h, w), as ``split[i][1]`` returns it."""
-    labels = torch.full((grid, grid), VOID, dtype=torch.long)
+    labels = torch.full((grid, grid), IGNORE, dtype=torch.long)
     centres = torch.arange(grid) * cell + cell // 2
     ys, xs = centres[centres < mask.shape[0]], centres[centres < mask.shape[1]]
     labels[: len(ys), : len(xs)] = torch.as_tensor(mask).long()[ys][:, xs]
@@ -31,10 +29,10 @@ def pick_queries(labels):
 
     An image without object cells gets only a background query, the background cell nearest the centroid of the
     image's valid cells; an image without background cells gets only the object query; nothing valid: []."""
-    objects = labels[(labels > 0) & (labels < VOID)]
+    objects = labels[(labels > 0) & (labels < IGNORE)]
     background = torch.nonzero(labels == 0)
     if len(objects) == 0:
-        valid = torch.nonzero(labels < VOID)
+        valid = torch.nonzero(labels < IGNORE)
         if len(background) == 0:
             return []
         centre = valid.float().mean(0)

@@ -58,21 +58,17 @@ def gather_flop(inputs, outputs):
     return math.prod(get_shape(outputs[0]))
 
 
-def softmax_flop(inputs, outputs):
-    """One FLOP per element (the exp; the sum and the division are folded in, as for other elementwise ops)."""
-    return math.prod(get_shape(inputs[0]))
-
-
 def elementwise_flop(inputs, outputs):
-    """One FLOP per element for an activation fvcore does not know (GELU: its erf counted as one operation)."""
+    """One FLOP per element of the input, for the elementwise ops fvcore does not know: softmax (the exp; the sum and
+    the division are folded in) and GELU (its erf counted as one operation)."""
     return math.prod(get_shape(inputs[0]))
 
 
 EXTRA_HANDLES = {
     "aten::scaled_dot_product_attention": sdpa_flop,
     "aten::gelu": elementwise_flop,
-    "aten::softmax": softmax_flop,
-    "aten::_softmax": softmax_flop,
+    "aten::softmax": elementwise_flop,
+    "aten::_softmax": elementwise_flop,
     "aten::gather": gather_flop,
     "aten::index": gather_flop,
     "aten::take_along_dim": gather_flop,

@@ -135,15 +135,19 @@ class EfficientNetLite(Freezable, nn.Module):
         self.register_buffer("mean", MEAN.view(1, 3, 1, 1).clone(), persistent=False)  # the book's normalisation
         self.register_buffer("std", STD.view(1, 3, 1, 1).clone(), persistent=False)
         self._conv_stem, self._bn0 = SameConv2d(3, STEM, 3, 2, bias=False), bn(STEM)
-        blocks, self.feature_blocks, in_channels = [], [], STEM
+        blocks, in_channels, stride_now = [], STEM, 2  # the stem has stride 2
+        self.stage_ends, self.stage_strides, self.stage_channels = [], [], []  # per stage: last block, stride, width
         for (repeats, k, _, expansion, out), (stride, first, dilation) in zip(stages, stage_plan(output_stride)):
             for j in range(repeats):
                 blocks.append(MBConv(in_channels, out, k, stride if j == 0 else 1, expansion,
                                      first if j == 0 else dilation))
                 in_channels = out
-            self.feature_blocks.append(len(blocks) - 1)  # last block of each stage
+            stride_now *= stride
+            self.stage_ends.append(len(blocks) - 1)
+            self.stage_strides.append(stride_now)
+            self.stage_channels.append(out)
         self._blocks = nn.ModuleList(blocks)  # flat, as in the checkpoints: _blocks.0 .. 15 (Lite0), .. 20 (Lite2)
-        self.feature_blocks = [self.feature_blocks[i] for i in FEATURE_STAGES]
+        self.feature_blocks = [self.stage_ends[i] for i in FEATURE_STAGES]
         self.channels = [stages[i][4] for i in FEATURE_STAGES]  # [24, 40, 112, 320], Lite2 [24, 48, 120, 352]
         self._conv_head, self._bn1 = nn.Conv2d(in_channels, HEAD, 1, bias=False), bn(HEAD)  # used by classify only
         self._fc = nn.Linear(HEAD, 1000)
@@ -152,15 +156,20 @@ class EfficientNetLite(Freezable, nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x):  # (b, 3, H, W), ImageNet-normalised
+        return self.block_outputs(x, self.feature_blocks)  # [C2, C3, C4, C5]
+
+    def block_outputs(self, x, wanted):
+        """The outputs of the blocks ``wanted`` (indices into ``_blocks``, ascending) for ImageNet-normalised images
+        ``x``; the blocks after the last wanted one are not run."""
         raw = x * self.std + self.mean  # back to 0..255
         x = (raw - LITE_MEAN) / LITE_STD  # the Lite models' own input normalisation
         x = F.relu6(self._bn0(self._conv_stem(x)))  # (b, 32, H/2, W/2)
         features = []
-        for i, block in enumerate(self._blocks):
+        for i, block in enumerate(self._blocks[:max(wanted) + 1]):
             x = block(x)
-            if i in self.feature_blocks:
+            if i in wanted:
                 features.append(x)
-        return features  # [C2, C3, C4, C5]
+        return features
 
     def classify(self, x):  # (b, 3, H, W), ImageNet-normalised
         x = F.relu6(self._bn1(self._conv_head(self(x)[-1])))  # (b, 1280, H/32, W/32)

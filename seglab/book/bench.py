@@ -16,6 +16,11 @@ device and thread count, at two settings:
 - ``trained``: the head as it was trained (``config.trained``) on features of the shapes the mode's backbone gives
   for one image at the mode's image size (seeded random values: only the shapes matter).
 
+The heads written for a plain ViT (SETR, DPT, Segmenter) have no C2..C5: their records name the features they were
+trained on (``features``: "taps", ``seglab.backbones.taps``) and the token shapes of their reference profile
+(``profiled["shapes"]``, e.g. ``profile.VIT_B16_SHAPES``); they are timed on those, and the table keeps their
+shapes under the head's ``shapes``.
+
 Each head, at each setting: eval mode, no autograd, two warm-up calls, then ``repeats`` single calls timed with
 ``time.perf_counter`` (CUDA synchronised); the table holds the median and the 25th and 75th percentiles in ms.
 Heads with a separate inference path (PointRend's subdivision) are timed through ``forward`` in eval mode, which is
@@ -109,9 +114,10 @@ def standard_config(record):
     else:
         profiled = record.get("profiled") or {}
         shapes = profiled.get("shapes", "standard (D8)")
-        if shapes != "standard (D8)":
-            raise ValueError(f"The record of {record.get('head', '?')!r} was profiled on {shapes!r}, not the standard "
-                             "(D8) features: its standard configuration is unknown. Re-run its chapter.")
+        if shapes != "standard (D8)" and not token_shapes(shapes):
+            raise ValueError(f"The record of {record.get('head', '?')!r} was profiled on {shapes!r}, neither the "
+                             "standard (D8) features nor a list of token shapes: its standard configuration is "
+                             "unknown. Re-run its chapter.")
         kwargs = {**_config(record, "reference"), **{k: v for k, v in profiled.items() if k != "shapes"}}
     return as_kwargs({**kwargs, "num_classes": STANDARD_CLASSES})
 
@@ -121,10 +127,29 @@ def trained_config(record):
     return as_kwargs(_config(record, "trained"))
 
 
-def trained_shapes(mode):
+def token_shapes(shapes):
+    """Whether ``shapes`` (a record's ``profiled["shapes"]``) is a list of (1, c, h, w) shapes."""
+    return (isinstance(shapes, (list, tuple)) and len(shapes) > 0
+            and all(isinstance(s, (list, tuple)) and len(s) == 4 and all(isinstance(n, int) for n in s) for s in shapes))
+
+
+def record_shapes(record, standard, trained, mode):
+    """{setting: shapes} a record's head is timed on: ``standard`` and ``trained`` (the table's), except for a head
+    profiled on token shapes (its ``profiled["shapes"]``) or trained on the token maps (``features`` "taps")."""
+    shapes = (record.get("profiled") or {}).get("shapes")
+    return {"standard": tuple(map(tuple, shapes)) if token_shapes(shapes) else standard,
+            "trained": trained_shapes(mode, "taps") if record.get("features") == "taps" else trained}
+
+
+def trained_shapes(mode, features="levels"):
     """Shapes of the mode's backbone levels for one image of ``mode.image_size``: (1, channels, h, w) per level,
-    measured by running a zero image through the backbone (random weights: only the shapes are needed)."""
-    backbone = create(mode.backbone, output_stride=mode.output_stride, pretrained=False).eval()
+    measured by running a zero image through the backbone (random weights: only the shapes are needed).
+    ``features="taps"``: of the ViT heads' token maps (``seglab.backbones.taps.StrideTaps`` of Lite0 at stride 16)."""
+    if features == "taps":
+        from seglab.backbones.taps import StrideTaps
+        backbone = StrideTaps(create("efficientnet_lite0", output_stride=16)).eval()
+    else:
+        backbone = create(mode.backbone, output_stride=mode.output_stride, pretrained=False).eval()
     with torch.no_grad():
         levels = backbone(torch.zeros(1, 3, mode.image_size, mode.image_size))
     return tuple(tuple(int(n) for n in level.shape) for level in levels)
@@ -224,12 +249,21 @@ def run(repeats=MIN_REPEATS, heads=None, threads=None, quick_check=False, mode=N
     with modes.torch_threads(threads):
         shapes = {"standard": tuple(map(tuple, standard_shapes)),
                   "trained": tuple(map(tuple, shapes_trained or trained_shapes(mode)))}
-        features = {s: standard_features(mode.device, shapes[s], seed=0) for s in SETTINGS}
+        made = {}  # seeded random features per tuple of shapes, made once
+
+        def features_of(levels):
+            if levels not in made:
+                made[levels] = standard_features(mode.device, levels, seed=0)
+            return made[levels]
+
         timed = {}
         bar = tqdm(records, desc="timing heads", unit="head", disable=not progress)
         for rec in bar:
             bar.set_postfix_str(rec["head"])
-            timed[rec["head"]] = time_head(rec, features, repeats, mode.device)
+            own = record_shapes(rec, shapes["standard"], shapes["trained"], mode)
+            timed[rec["head"]] = time_head(rec, {s: features_of(own[s]) for s in SETTINGS}, repeats, mode.device)
+            if own != shapes:  # a ViT head's token shapes, kept beside its times
+                timed[rec["head"]]["shapes"] = {s: [list(x) for x in own[s]] for s in SETTINGS}
         table = {"mode": mode.as_dict(), "device": device_name(mode.device), "threads": torch.get_num_threads(),
                  "repeats": repeats, "warmup": WARMUP, "quick_check": bool(quick_check),
                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "version": results.code_version(),

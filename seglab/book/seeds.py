@@ -36,9 +36,13 @@ def source(name, mode):
 
 
 def rerun(name, seeds, data):
-    """Train the head of record ``<name>.<mode>.json`` once per seed; returns the paths of the records written."""
+    """Train the head of record ``<name>.<mode>.json`` once per seed; returns the paths of the records written.
+    ``data`` must hold the features the record was trained on (``chapter.prepare(mode, tokens=...)``)."""
     results.check_seeds(seeds)  # before the record is read, as before: bad seeds are refused first
     rec, head_class, config = source(name, data.mode)
+    if rec.get("features", "levels") != data.features:
+        raise ValueError(f"The record {name} was trained on the {rec.get('features', 'levels')!r} features, and the "
+                         f"data given holds {data.features!r}: prepare it with tokens={rec.get('features') == 'taps'}.")
     return chapter.train_seeds(head_class, config, data, seeds, rec["head"], rec["chapter"], name, rec.get("lr"))
 
 
@@ -68,12 +72,12 @@ def main(argv=None):
     repeated = sorted({h for h in args.heads if args.heads.count(h) > 1})
     if repeated:
         raise ValueError(f"Record name(s) {repeated} given more than once.")
-    for name in args.heads:
-        source(name, mode)
-    data = chapter.prepare(mode)
-    for name in args.heads:
-        for path in rerun(name, args.seeds, data):
-            print("wrote", path.relative_to(results.results_dir().parent))
+    kinds = {name: source(name, mode)[0].get("features", "levels") for name in args.heads}
+    for kind in sorted(set(kinds.values())):  # C2..C5 ("levels"), then the ViT heads' token maps ("taps")
+        data = chapter.prepare(mode, tokens=kind == "taps")
+        for name in (n for n in args.heads if kinds[n] == kind):
+            for path in rerun(name, args.seeds, data):
+                print("wrote", path.relative_to(results.results_dir().parent))
 
 
 if __name__ == "__main__":

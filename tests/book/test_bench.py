@@ -109,3 +109,19 @@ def test_cli_quick_check(records, capsys):
     table = bench.load("quick")
     assert table["shapes"]["standard"][-1] == [1, 2048, 64, 64]  # the real standard setting
     assert bench.latency(table, "Linear probe", "standard") > 0
+
+
+def test_a_vit_head_is_timed_on_its_token_shapes(records):
+    # an FCN record dressed as a ViT head's: profiled on token shapes, trained on the stride-16 taps
+    rec = json.loads((records / "fcn.quick.json").read_text())
+    rec.update(head="FCN on tokens", chapter=24, features="taps", profiled={"shapes": [[1, 2048, 4, 4]] * 4})
+    (records / "fcn_tokens.quick.json").write_text(json.dumps(rec))
+    table = json.loads(bench.run(repeats=1, quick_check=True, threads=1, standard_shapes=SMALL_STANDARD,
+                                 progress=False).read_text())
+    assert "shapes" not in table["heads"]["FCN"]
+    assert table["heads"]["FCN on tokens"]["shapes"] == {
+        "standard": [[1, 2048, 4, 4]] * 4,
+        "trained": [[1, 80, 16, 16], [1, 112, 16, 16], [1, 192, 16, 16], [1, 320, 16, 16]]}
+    rec["profiled"] = {"shapes": "somewhere"}
+    with pytest.raises(ValueError, match="neither the standard"):
+        bench.standard_config(rec)

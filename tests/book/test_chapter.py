@@ -262,3 +262,21 @@ def test_brief_mode_fine_tunes_the_whole_network_with_an_auxiliary_head(devkit, 
     assert all(torch.equal(v, before[k]) for k, v in data.backbone.state_dict().items()), \
         "each run must fine-tune its own copy of the backbone"
     assert run.metrics["predictions"].shape == (len(data.val_split), 64, 64)
+
+
+def test_the_token_maps_have_their_own_cache_and_records_say_which_features_they_used(prepared, capsys):
+    tokens = chapter.prepare(tiny_quick(), progress=False, tokens=True)
+    assert tokens.features == "taps" and prepared.features == "levels"
+    assert tokens.channels == [80, 112, 192, 320] and tokens.strides == (16, 16, 16, 16)
+    assert tokens.backbone.name == "efficientnet_lite0-taps" and tokens.backbone.frozen
+    # taps 2 and 4 are the C4 and C5 of the C2..C5 cache, bitwise
+    assert torch.equal(tokens.train_features.levels[1], prepared.train_features.levels[2])
+    assert torch.equal(tokens.val_features.levels[3], prepared.val_features.levels[3])
+    assert "token maps: the last block of each of efficientnet_lite0's stages 4, 5, 6, 7" in capsys.readouterr().out
+    run = chapter.fit(FCNHead, tokens, progress=False, in_channels=320, channels=8)
+    profile = Profile(params=1, flops=1, activation_bytes=1, latency_ms=1.0, device="cpu")
+    chapter.record(run, "FCN", chapter=2, profile=profile, reference={})
+    assert results.load_all("quick", split="full")[0]["features"] == "taps"
+    with pytest.raises(ValueError, match="trained on the 'taps' features, and the data given holds 'levels'"):
+        seeds.rerun("fcn", [1], prepared)
+    assert [p.name for p in seeds.rerun("fcn", [1], tokens)] == ["fcn.seed1.quick-full.json"]

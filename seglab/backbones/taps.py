@@ -11,6 +11,7 @@ reads it (DPT's readout) takes the spatial mean of its tap instead (see its chap
 
 from torch import nn
 
+from seglab.backbones import create
 from seglab.backbones.base import Freezable
 
 
@@ -34,3 +35,9 @@ class StrideTaps(Freezable, nn.Module):
     def describe(self):
         return (f"the last block of each of {self.net.name}'s stages {', '.join(map(str, self.stages))} "
                 f"({', '.join(map(str, self.channels))} channels, all at stride {self.output_stride})")
+
+
+def lite0_taps(pretrained=False):
+    """``StrideTaps`` of EfficientNet-Lite0 at output stride 16 (with its ImageNet weights if ``pretrained``): the
+    token maps the ViT heads train on."""
+    return StrideTaps(create("efficientnet_lite0", output_stride=16, pretrained=pretrained))

@@ -29,6 +29,7 @@ records: every ``*.json`` at the top of the results folder is read as a chapter'
 """
 
 import argparse
+import functools
 import json
 import platform
 import time
@@ -141,13 +142,14 @@ def record_shapes(record, standard, trained, mode):
             "trained": trained_shapes(mode, "taps") if record.get("features") == "taps" else trained}
 
 
+@functools.lru_cache(maxsize=None)  # one zero image through the backbone per mode and features, not one per head
 def trained_shapes(mode, features="levels"):
     """Shapes of the mode's backbone levels for one image of ``mode.image_size``: (1, channels, h, w) per level,
     measured by running a zero image through the backbone (random weights: only the shapes are needed).
     ``features="taps"``: of the ViT heads' token maps (``seglab.backbones.taps.StrideTaps`` of Lite0 at stride 16)."""
     if features == "taps":
-        from seglab.backbones.taps import StrideTaps
-        backbone = StrideTaps(create("efficientnet_lite0", output_stride=16)).eval()
+        from seglab.backbones.taps import lite0_taps
+        backbone = lite0_taps().eval()
     else:
         backbone = create(mode.backbone, output_stride=mode.output_stride, pretrained=False).eval()
     with torch.no_grad():

